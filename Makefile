@@ -1,0 +1,48 @@
+# Two commands (see README): `make book` runs every notebook and builds the book; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# No GPU: install torch from the CPU pin. With a GPU: let pip pick the CUDA build.
+CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
+STAMP := $(VENV)/.installed
+PROFILE ?= default
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export JAVA_TOOL_OPTIONS ?= -Xmx768m -XX:+UseSerialGC
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+EXECUTED := $(patsubst notebooks/%.ipynb,book/executed/%.ipynb,$(NOTEBOOKS))
+LIBRARY := $(shell find refinelib -name '*.py' -o -name '*.pddl' 2>/dev/null)
+
+.PHONY: book test install lint clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip wheel setuptools
+
+$(STAMP): pyproject.toml constraints-cpu.txt | $(BIN)/python
+	$(BIN)/python -m pip install $(CONSTRAINTS) -e '.[all,dev]'
+	touch $@
+
+# A notebook re-runs when it, the library or its profile parameters change.
+book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard configs/$(PROFILE)/*.yaml) $(STAMP)
+	$(BIN)/python -m refinelib.runbook $< $@ --profile $(PROFILE)
+
+book: $(EXECUTED) $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check refinelib tests benchmarks
+
+clean:
+	rm -rf _build book/executed
