@@ -48,7 +48,7 @@ def test_book_builds_strictly_from_executed_notebooks():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "off"
     assert ".*" in config["exclude_patterns"]
-    assert "sphinx_mathjax_offline" in config["sphinx"]["extra_extensions"]
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
     assert "-W" in (ROOT / "Makefile").read_text()
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     chapters = [c["file"] for c in toc["chapters"]]
