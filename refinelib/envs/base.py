@@ -139,6 +139,7 @@ class TextEnv(ABC):
 
     def close(self) -> None:
         """Release backend resources (a JVM, files); the default holds none."""
+        return None
 
     # ----- hooks for families --------------------------------------------------------
     @abstractmethod
