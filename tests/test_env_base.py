@@ -1,9 +1,14 @@
 """The shared interface semantics, on a toy environment that exists only in this test."""
 
 import pytest
+from env_contract import (
+    assert_deterministic,
+    assert_invalid_action_keeps_state,
+    assert_oracle_solves,
+    partial_progress,
+)
 
-from env_contract import assert_deterministic, assert_invalid_action_keeps_state, assert_oracle_solves, partial_progress
-from refinelib.envs.base import CHECK_VALID_ACTIONS, Outcome, TextEnv, normalize_action
+from refinelib.envs.base import Outcome, TextEnv, normalize_action
 from refinelib.envs.rollout import play
 
 

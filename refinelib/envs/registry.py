@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+
 from .base import Instance, TextEnv
 
 # family -> "module:Class"; imported on first use so a missing backend only hurts its own family.
