@@ -40,7 +40,7 @@ def execute(src: Path, out: Path, parameters: dict) -> dict:
     import papermill
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
+    tmp = out.with_name(f".{out.stem}.partial.ipynb")
     start = time.time()
     papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
                                cwd=str(Path.cwd()), progress_bar=False)

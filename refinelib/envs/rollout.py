@@ -78,7 +78,7 @@ def oracle_survey(suites, max_instances: int | None = None, max_steps: int = 200
     import time
 
     import pandas as pd
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bars: no widget dependency in notebooks
 
     from .registry import make_instance
 
