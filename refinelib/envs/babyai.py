@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from refinelib.envs import babyai_text as text
-from refinelib.envs.base import Instance, Outcome, TextEnv, require
+from refinelib.envs.base import Instance, Outcome, TextEnv, check_known, require
 
 # AgentBoard's all_levels 1-21, 24, 25, 27, 28, 29, 31, 32, in its (rising difficulty) order
 TASKS: tuple[str, ...] = (
@@ -283,13 +283,10 @@ def _flags(instr: Any) -> tuple:
 def instances(scale: str = "small", tasks: Sequence[str] | None = None,
               first_seed: int | None = None) -> list[Instance]:
     """The fixed instance list of a scale: "small" (CI) or "agentboard" (28 levels x 4 seeds)."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown babyai scale {scale!r}; known: {', '.join(SCALES)}")
+    check_known("babyai", "scale", [scale], SCALES)
     default_tasks, n_seeds = SCALES[scale]
     chosen = tuple(tasks) if tasks is not None else default_tasks
-    unknown = [t for t in chosen if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown babyai tasks {unknown}; known: {', '.join(TASKS)}")
+    check_known("babyai", "tasks", chosen, TASKS)
     start = FIRST_SEED if first_seed is None else int(first_seed)
     return [Instance(BabyAIEnv.family, task, seed) for task in chosen
             for seed in range(start, start + n_seeds)]

@@ -39,6 +39,13 @@ def require(module: str, family: str, what: str) -> Any:
         ) from None
 
 
+def check_known(family: str, what: str, values, known) -> None:
+    """Raise one ValueError naming the unknown ``values`` (a scale, tasks) and listing the known ones."""
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ValueError(f"unknown {family} {what} {unknown}; known: {', '.join(map(str, known))}")
+
+
 @dataclass(frozen=True)
 class Reset:
     """What an agent sees at the start of an episode."""

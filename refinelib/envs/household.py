@@ -32,7 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..paths import cache_dir
-from .base import Instance, Outcome, TextEnv, require
+from .base import Instance, Outcome, TextEnv, check_known, require
 from .household_gen import EVAL_FIRST_SEED, TASK_TYPES, generate, replanning_problem, write_game
 
 TASKS: tuple[str, ...] = TASK_TYPES
@@ -354,12 +354,9 @@ def instances(
         first_seed: first seed of each task type; default :data:`EVAL_FIRST_SEED` (100000), whose
             seeds use ALFRED's test floor plans; pass a seed below it for training-room games.
     """
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    check_known("household", "scale", [scale], SCALES)
     chosen = TASKS if tasks is None else tuple(tasks)
-    unknown = [t for t in chosen if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown household task(s) {unknown}; known: {', '.join(TASKS)}")
+    check_known("household", "tasks", chosen, TASKS)
     start = EVAL_FIRST_SEED if first_seed is None else int(first_seed)
     return [Instance("household", task, start + i) for task in chosen for i in range(SCALES[scale](task))]
 

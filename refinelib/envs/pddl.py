@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from refinelib.envs import pddl_problems
-from refinelib.envs.base import Instance, Outcome, TextEnv, require
+from refinelib.envs.base import Instance, Outcome, TextEnv, check_known, require
 from refinelib.paths import cache_dir
 
 TASKS: tuple[str, ...] = ("gripper", "blocksworld", "tyreworld", "barman")
@@ -377,12 +377,9 @@ class PDDLEnv(TextEnv):
 def instances(scale: str = "small", tasks: Sequence[str] | None = None,
               first_seed: int | None = None) -> list[Instance]:
     """Generated problems: "small" (2 per domain) or "agentboard" (AgentBoard's 20/10/10/20 counts)."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown pddl scale {scale!r}; known: {', '.join(SCALES)}")
+    check_known("pddl", "scale", [scale], SCALES)
     chosen = tuple(tasks) if tasks is not None else TASKS
-    unknown = [t for t in chosen if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown pddl tasks {unknown}; known: {', '.join(TASKS)}")
+    check_known("pddl", "tasks", chosen, TASKS)
     start = 0 if first_seed is None else int(first_seed)
     return [Instance(PDDLEnv.family, task, seed) for task in chosen
             for seed in range(start, start + SCALES[scale][task])]
@@ -400,9 +397,7 @@ def agentboard_instances(directory: str | Path, tasks: Sequence[str] | None = No
     """
     root = Path(directory).expanduser().resolve()
     chosen = tuple(tasks) if tasks is not None else TASKS
-    unknown = [t for t in chosen if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown pddl tasks {unknown}; known: {', '.join(TASKS)}")
+    check_known("pddl", "tasks", chosen, TASKS)
     found = []
     for task in chosen:
         name = AGENTBOARD_NAMES[task]

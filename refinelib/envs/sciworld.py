@@ -48,7 +48,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..paths import cache_dir
-from .base import BackendMissing, Instance, Outcome, TextEnv, require
+from .base import BackendMissing, Instance, Outcome, TextEnv, check_known, require
 
 FAMILY = "sciworld"
 # Short tasks (gold paths of 4-29 steps on the seeds used, either simplification; no mendelian-genetics,
@@ -305,12 +305,9 @@ def instances(scale: str = "small", tasks: Sequence[str] | None = None,
     "agentboard" also uses AgentBoard's simplifications (no teleport, containers open) and skips
     the seeds in ``GOLD_FAILS``, so the oracle wins every instance of both scales.
     """
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; known scales: {sorted(SCALES)}")
+    check_known(FAMILY, "scale", [scale], SCALES)
     chosen = tuple(tasks) if tasks is not None else (SMALL_TASKS if scale == "small" else TASKS)
-    unknown = [t for t in chosen if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown {FAMILY} tasks {unknown}; known tasks: {list(TASKS)}")
+    check_known(FAMILY, "tasks", chosen, TASKS)
     simplification = "agentboard" if scale == "agentboard" else "easy"
     options = (("simplification", simplification),) if simplification != "easy" else ()
     start = 0 if first_seed is None else int(first_seed)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import cache_dir
-from .base import Instance, Outcome, TextEnv, require
+from .base import Instance, Outcome, TextEnv, check_known, require
 
 FAMILY = "textadventure"
 TASKS: tuple[str, ...] = ("treasure_hunter", "coin_collector", "cooking", "custom")
@@ -291,12 +291,9 @@ def instances(scale: str = "small", tasks: Sequence[str] | None = None,
         first_seed: the first game seed (default 0); seeds count up from it per difficulty.
     """
     per_difficulty = {"small": {"easy": 1, "hard": 1}, "agentboard": {"easy": 3, "hard": 2}}
-    if scale not in per_difficulty:
-        raise ValueError(f"unknown scale {scale!r}; known: {', '.join(per_difficulty)}")
+    check_known(FAMILY, "scale", [scale], per_difficulty)
     tasks = TASKS if tasks is None else tuple(tasks)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown {FAMILY} task(s) {unknown}; known: {', '.join(TASKS)}")
+    check_known(FAMILY, "tasks", tasks, TASKS)
     start = 0 if first_seed is None else int(first_seed)
     return [Instance(FAMILY, task, start + i, (("difficulty", difficulty),))
             for task in tasks
