@@ -1,0 +1,110 @@
+"""Episode logs: the record of one agent episode, and an append-only JSONL file of them.
+
+A log is keyed by (policy, suite, instance, seed, perturbation, sample): re-running the same
+evaluation skips the keys already in the file, so a killed run resumes without losing or
+duplicating an episode. Each line is written whole and flushed; a line cut by a kill is ignored
+(and counted) when the log is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class AgentTurn:
+    """One agent step: what the model wrote, what was parsed from it, and what the environment said."""
+
+    raw: str  # the model's whole output for this step
+    thought: str  # text of the last "Thought:" block ("" when absent)
+    action: str | None  # parsed action; None when the output had no parsable "Action:" (format error)
+    observation: str  # the environment's answer (or the format-error message fed back)
+    valid: bool  # the environment accepted the action (False for format errors)
+    progress: float  # progress rate after this step (max over the episode so far)
+    done: bool = False
+    success: bool = False
+    format_error: bool = False
+
+
+@dataclass
+class Episode:
+    """One episode of a policy on one instance, with everything needed to score and replay it."""
+
+    policy: str
+    suite: str
+    instance: str  # Instance.id
+    seed: int
+    family: str
+    task: str
+    split: str  # held_in | held_out
+    env_version: str
+    goal: str
+    first_observation: str
+    perturbation: str = "none"
+    sample: int = 0  # index among N sampled episodes (Best-of-N); 0 for greedy
+    turns: list[AgentTurn] = field(default_factory=list)
+    success: bool = False
+    progress: float = 0.0
+    meta: dict = field(default_factory=dict)  # free-form: decoding settings, timing, model revision
+
+    @property
+    def key(self) -> tuple:
+        return (self.policy, self.suite, self.instance, self.seed, self.perturbation, self.sample)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Episode:
+        data = dict(data)
+        data["turns"] = [AgentTurn(**t) for t in data.get("turns", [])]
+        return cls(**data)
+
+
+class EpisodeLog:
+    """An append-only JSONL file of episodes; ``done()`` tells which keys need no re-run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.skipped_lines = 0  # lines that could not be read back (a write cut by a kill)
+
+    def read(self) -> list[Episode]:
+        """Every complete episode in the file, in the order written (later duplicates win)."""
+        if not self.path.exists():
+            return []
+        by_key: dict[tuple, Episode] = {}
+        self.skipped_lines = 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                episode = Episode.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                self.skipped_lines += 1
+                continue
+            by_key[episode.key] = episode
+        return list(by_key.values())
+
+    def done(self) -> set[tuple]:
+        """Keys of the episodes already logged."""
+        return {e.key for e in self.read()}
+
+    def append(self, episodes: Iterable[Episode]) -> None:
+        """Write episodes, each as one flushed line (a kill loses at most the line being written)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            if f.tell() and not self._ends_with_newline():
+                f.write("\n")  # a previous run died mid-line: start clean, that fragment is skipped
+            for episode in episodes:
+                f.write(episode.to_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
