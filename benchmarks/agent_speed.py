@@ -21,7 +21,8 @@ from refinelib.policies import TransformersPolicy
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="model name or path")
-    parser.add_argument("--suites", nargs="+", default=["babyai", "pddl"], help="suites to draw episodes from")
+    parser.add_argument("--suites", nargs="+", default=["babyai", "pddl"],
+                        help="suites to draw episodes from")
     parser.add_argument("--episodes", type=int, default=4, help="episodes per run (split over the suites)")
     parser.add_argument("--max-steps", type=int, default=3, help="steps per episode (30 in real evaluations)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="cap per model output")
@@ -46,7 +47,8 @@ def main() -> None:
                        "outputs": [[t.raw for t in e.turns] for e in episodes]}
     same = rows["batched"].pop("outputs") == rows["sequential"].pop("outputs")
     speedup = rows["batched"]["episodes_per_min"] / rows["sequential"]["episodes_per_min"]
-    print(json.dumps({"args": vars(args), **rows, "speedup": round(speedup, 2), "same_outputs": same}, indent=1))
+    report = {"args": vars(args), **rows, "speedup": round(speedup, 2), "same_outputs": same}
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
