@@ -63,13 +63,16 @@ def prompt_version(family: str) -> str:
     return f"{family}-{versions[0]}+base-{versions[1]}"
 
 
-def instruction(family: str, task: str = "", max_steps: int = MAX_STEPS) -> str:
+def instruction(family: str, task: str = "", max_steps: int = MAX_STEPS,
+                perturbation: str | None = None) -> str:
     """The system message for ``family`` (its task, actions, the format and an example).
 
     Args:
         family: an environment family (``pddl``, ``babyai``, ``household``, ``sciworld``, ``textadventure``).
         task: the environment's task (PDDL shows only that domain's operators).
         max_steps: the step limit the instruction announces.
+        perturbation: a rule of :mod:`refinelib.perturb` (``"R1"``, ``"perturb-v1:R1"``); its action
+            templates and example actions replace the canonical ones. None: the canonical instruction.
     """
     import jinja2
 
@@ -78,7 +81,12 @@ def instruction(family: str, task: str = "", max_steps: int = MAX_STEPS) -> str:
     except jinja2.TemplateNotFound:
         raise ValueError(f"no agent instruction for family {family!r} "
                          f"(refinelib/prompts/agent_{family}.jinja)") from None
-    return template.render(task=task, max_steps=max_steps).strip()
+    text = template.render(task=task, max_steps=max_steps).strip()
+    if perturbation is None:
+        return text
+    from refinelib.perturb import get_rule, rewrite_instruction
+
+    return rewrite_instruction(text, get_rule(family, perturbation))
 
 
 def first_message(goal: str, observation: str) -> str:
@@ -184,7 +192,8 @@ class EpisodeState:
         self.goal, self.first_observation = start.goal, start.observation
         self.progress = self.env.progress
         self.messages = [
-            {"role": "system", "content": instruction(self.env.family, self.env.task, self.max_steps)},
+            {"role": "system", "content": instruction(self.env.family, self.env.task, self.max_steps,
+                                                      getattr(self.env, "perturbation", None))},
             {"role": "user", "content": first_message(start.goal, start.observation)},
         ]
 
