@@ -15,6 +15,8 @@ resumes where it stopped and loses at most the episodes that were in flight.
 ``seed`` is the *run* seed (what the random policy and sampled decoding draw from), not the
 environment seed, which is part of the instance (``Instance.seed``, in its id). Greedy policies give the
 same episodes for every run seed. ``samples`` > 1 plays each instance N times (Best-of-N; sample 0 ... N-1).
+``perturbations`` names action-template rules of :mod:`refinelib.perturb` (``"R1"`` ...); each episode
+then runs on a :class:`~refinelib.perturb.PerturbedEnv` and is logged under the rule's versioned id.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from refinelib.agent import MAX_STEPS, EpisodeState, prompt_version
 from refinelib.envs import registry
 from refinelib.envs.base import Instance
 from refinelib.episodes import Episode, EpisodeLog
+from refinelib.perturb import PerturbedEnv, get_rule
 from refinelib.policies import Policy
 
-PERTURBATION = "none"  # action-template perturbations are another module; this runs the original templates
+ORIGINAL = "none"  # the perturbation key of the original action templates
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,14 @@ class Job:
     instance: Instance
     seed: int
     sample: int
+    perturbation: str = ORIGINAL  # a versioned rule id ("perturb-v1:R1") or "none"
 
-    def key(self, policy: str, perturbation: str = PERTURBATION) -> tuple:
-        return (policy, self.suite.name, self.instance.id, self.seed, perturbation, self.sample)
+    def key(self, policy: str) -> tuple:
+        return (policy, self.suite.name, self.instance.id, self.seed, self.perturbation, self.sample)
+
+    def make_env(self):
+        env = registry.make_instance(self.instance)
+        return env if self.perturbation == ORIGINAL else PerturbedEnv(env, self.perturbation)
 
 
 def request_seed(job: Job, step: int) -> int:
@@ -52,10 +60,15 @@ def request_seed(job: Job, step: int) -> int:
 
 
 def jobs_for(suites: Sequence[str | registry.Suite], scale: str = "small", seeds: Sequence[int] = (0,),
-             samples: int = 1, max_instances: int | None = None) -> list[Job]:
-    """Every (suite, instance, seed, sample) to play, in a fixed order."""
+             samples: int = 1, max_instances: int | None = None,
+             perturbations: Sequence[str] = (ORIGINAL,)) -> list[Job]:
+    """Every (suite, perturbation, instance, seed, sample) to play, in a fixed order.
+
+    A perturbation a suite's family does not define raises ValueError (naming the family's rules).
+    """
     resolved = [s if isinstance(s, registry.Suite) else registry.suite(s, scale) for s in suites]
-    return [Job(s, inst, seed, sample) for s in resolved for inst in s.instances[:max_instances]
+    return [Job(s, inst, seed, sample, p if p == ORIGINAL else get_rule(s.family, p).id)
+            for s in resolved for p in perturbations for inst in s.instances[:max_instances]
             for seed in seeds for sample in range(samples)]
 
 
@@ -63,7 +76,7 @@ def _episode(policy: Policy, job: Job, state: EpisodeState, seconds: float, max_
     env = state.env
     return Episode(policy=policy.name, suite=job.suite.name, instance=job.instance.id, seed=job.seed,
                    family=env.family, task=env.task, split=job.suite.split, env_version=env.version,
-                   goal=state.goal, first_observation=state.first_observation, perturbation=PERTURBATION,
+                   goal=state.goal, first_observation=state.first_observation, perturbation=job.perturbation,
                    sample=job.sample, turns=state.turns, success=state.success, progress=state.progress,
                    meta={"policy": policy.config(), "prompt_version": prompt_version(env.family),
                          "suite_version": job.suite.version, "max_steps": max_steps,
@@ -73,7 +86,8 @@ def _episode(policy: Policy, job: Job, state: EpisodeState, seconds: float, max_
 def run(policy: Policy, suites: Sequence[str | registry.Suite], scale: str = "small",
         seeds: Sequence[int] = (0,), samples: int = 1, max_steps: int = MAX_STEPS, log_path=None,
         batch_size: int = 16,
-        max_instances: int | None = None, progress_bar: bool = True) -> list[Episode]:
+        max_instances: int | None = None, progress_bar: bool = True,
+        perturbations: Sequence[str] = (ORIGINAL,)) -> list[Episode]:
     """Play ``policy`` on every instance of ``suites`` and log the episodes; resume from ``log_path``.
 
     Args:
@@ -87,13 +101,14 @@ def run(policy: Policy, suites: Sequence[str | registry.Suite], scale: str = "sm
         batch_size: episodes in lock-step; all their prompts go to the policy in one call per step.
         max_instances: play only the first instances of each suite (smoke runs).
         progress_bar: show a tqdm bar over episodes.
+        perturbations: ``"none"`` and/or rules of :mod:`refinelib.perturb` (e.g. ``("none", "R1")``).
 
     Returns:
         The episodes of every requested key, in job order (the logged ones read back from the log).
     """
     from tqdm import tqdm  # plain text bars: no widget dependency in notebooks
 
-    jobs = jobs_for(suites, scale, seeds, samples, max_instances)
+    jobs = jobs_for(suites, scale, seeds, samples, max_instances, perturbations)
     log = EpisodeLog(log_path) if log_path is not None else None
     logged = {e.key: e for e in log.read()} if log is not None else {}
     todo = [j for j in jobs if j.key(policy.name) not in logged]
@@ -106,8 +121,8 @@ def run(policy: Policy, suites: Sequence[str | registry.Suite], scale: str = "sm
         while queue or active:
             while queue and len(active) < batch_size:
                 job = queue.pop()
-                env = registry.make_instance(job.instance)
-                active.append((job, EpisodeState(env, job.instance.seed, max_steps), time.perf_counter()))
+                state = EpisodeState(job.make_env(), job.instance.seed, max_steps)
+                active.append((job, state, time.perf_counter()))
             prompts = [state.prompt(policy.max_prompt_tokens, policy.count_tokens) for _, state, _ in active]
             outputs = policy.generate(prompts, [state.env for _, state, _ in active],
                                       [request_seed(job, len(state.turns)) for job, state, _ in active])

@@ -81,3 +81,19 @@ def test_local_policy_batched_run_equals_sequential_run(tiny_policy):
     turns = [t for e in batched for t in e.turns]
     assert all(t.format_error == (t.action is None) for t in turns)
     assert batched[0].meta["policy"]["name"] == "tiny"
+
+
+def test_perturbed_runs_are_logged_under_the_rule_id_and_the_oracle_still_wins(tmp_path):
+    log = tmp_path / "episodes.jsonl"
+    episodes = evaluate.run(OraclePolicy(), ["pddl"], perturbations=("none", "R1"), max_instances=2,
+                            log_path=log, progress_bar=False)
+    assert [e.perturbation for e in episodes] == ["none", "none", "perturb-v1:R1", "perturb-v1:R1"]
+    assert all(e.success for e in episodes)
+    original, perturbed = episodes[0], episodes[2]
+    assert original.turns[0].action != perturbed.turns[0].action  # the agent saw other command words
+    assert len(EpisodeLog(log).done()) == 4
+
+
+def test_a_perturbation_the_family_lacks_is_a_clear_error():
+    with pytest.raises(ValueError, match="no perturbation 'R9' for family 'pddl'"):
+        evaluate.jobs_for(["pddl"], perturbations=("R9",))
