@@ -42,6 +42,7 @@ book: $(EXECUTED) $(STAMP)
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 test: $(STAMP)
+	$(BIN)/ruff check refinelib tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
