@@ -17,6 +17,16 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and a rename: readers (and parallel workers)
+    never see half a file, and a killed writer leaves the old file or none."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def artifacts_dir(*parts: str) -> Path:
     """Directory for run outputs (``REFINELIB_ARTIFACTS``, default ``./artifacts``)."""
     root = Path(os.environ.get("REFINELIB_ARTIFACTS", "artifacts"))

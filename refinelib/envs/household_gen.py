@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..paths import write_atomic
 from .base import require
 
 TASK_TYPES = (
@@ -287,15 +288,9 @@ def write_game(problem: Problem, directory: str | os.PathLike, walkthrough: list
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / "traj_data.json", json.dumps(traj, indent=1))
-    _write_atomic(directory / "game.tw-pddl", json.dumps(game))
+    write_atomic(directory / "traj_data.json", json.dumps(traj, indent=1))
+    write_atomic(directory / "game.tw-pddl", json.dumps(game))
     return directory / "game.tw-pddl"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def replanning_problem(

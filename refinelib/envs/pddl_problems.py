@@ -11,9 +11,10 @@ True
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
+
+from refinelib.paths import write_atomic
 
 DOMAINS = ("gripper", "blocksworld", "tyreworld", "barman")
 
@@ -42,9 +43,7 @@ def write_problem(task: str, seed: int, size: int | None, directory: Path) -> Pa
     size = default_size(task, seed) if size is None else int(size)
     path = Path(directory) / f"{task}-seed{seed}-size{size}.pddl"
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(problem_text(task, seed, size))
-        os.replace(tmp, path)
+        write_atomic(path, problem_text(task, seed, size))
     return path
 
 

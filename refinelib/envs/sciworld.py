@@ -47,7 +47,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..paths import cache_dir
+from ..paths import cache_dir, write_atomic
 from .base import BackendMissing, Instance, Outcome, TextEnv, check_known, require
 
 FAMILY = "sciworld"
@@ -202,10 +202,8 @@ class _Simulator:
         gold = [str(a) for a in self.env.get_gold_action_sequence()]
         if not gold or gold[0].startswith("ERROR"):
             raise RuntimeError(f"ScienceWorld gave no gold path for {task} variation {variation}: {gold[:1]}")
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"task": task, "variation": variation, "simplification": simplification,
-                                   "gold": gold}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"task": task, "variation": variation, "simplification": simplification,
+                                       "gold": gold}))
         return gold
 
 
