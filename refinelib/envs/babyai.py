@@ -71,8 +71,7 @@ class BabyAIEnv(TextEnv):
     version = "1"
 
     def __init__(self, task: str, **options: Any) -> None:
-        if task not in TASKS:
-            raise ValueError(f"unknown babyai task {task!r}; known: {', '.join(TASKS)}")
+        check_known("babyai", "task", [task], TASKS)
         super().__init__(task, **options)
         self._u: Any = None  # minigrid's unwrapped level, made on first reset
         self._episode = 0  # with minigrid's step_count, identifies a state within this object

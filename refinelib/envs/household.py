@@ -242,8 +242,7 @@ class HouseholdEnv(TextEnv):
     version = "1"
 
     def __init__(self, task: str, **options: Any) -> None:
-        if task not in TASKS:
-            raise ValueError(f"unknown household task {task!r}; known: {', '.join(TASKS)}")
+        check_known("household", "task", [task], TASKS)
         super().__init__(task, **options)
         textworld, pddl, alfred, self._translator = _engine_modules()
         infos = textworld.EnvInfos(admissible_commands=True, won=True, extras=["gamefile"])

@@ -302,11 +302,8 @@ class PDDLEnv(TextEnv):
     version = "1"
 
     def __init__(self, task: str, **options: Any) -> None:
-        if task not in TASKS:
-            raise ValueError(f"unknown pddl task {task!r}; known: {', '.join(TASKS)}")
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown pddl options {unknown}; known: {', '.join(OPTIONS)}")
+        check_known("pddl", "task", [task], TASKS)
+        check_known("pddl", "options", sorted(options), OPTIONS)
         super().__init__(task, **options)
         self.problem: Problem | None = None
         self.state: frozenset[str] = frozenset()

@@ -179,10 +179,8 @@ class TextAdventureEnv(TextEnv):
     version = "1"
 
     def __init__(self, task: str, difficulty: str = "easy", **options: Any) -> None:
-        if task not in TASKS:
-            raise ValueError(f"unknown {FAMILY} task {task!r}; known: {', '.join(TASKS)}")
-        if difficulty not in DIFFICULTIES:
-            raise ValueError(f"unknown difficulty {difficulty!r}; known: {', '.join(DIFFICULTIES)}")
+        check_known(FAMILY, "task", [task], TASKS)
+        check_known(FAMILY, "difficulty", [difficulty], DIFFICULTIES)
         super().__init__(task, difficulty=difficulty, **options)
         self.difficulty = difficulty
         self._gym: Any = None
