@@ -9,10 +9,11 @@ duplicating an episode. Each line is written whole and flushed; a line cut by a 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from refinelib import jsonl
 
 
 @dataclass
@@ -74,16 +75,12 @@ class EpisodeLog:
 
     def read(self) -> list[Episode]:
         """Every complete episode in the file, in the order written (later duplicates win)."""
-        if not self.path.exists():
-            return []
+        objects, self.skipped_lines = jsonl.read(self.path)
         by_key: dict[tuple, Episode] = {}
-        self.skipped_lines = 0
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
+        for obj in objects:
             try:
-                episode = Episode.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
+                episode = Episode.from_dict(obj)
+            except TypeError:
                 self.skipped_lines += 1
                 continue
             by_key[episode.key] = episode
@@ -95,16 +92,4 @@ class EpisodeLog:
 
     def append(self, episodes: Iterable[Episode]) -> None:
         """Write episodes, each as one flushed line (a kill loses at most the line being written)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            if f.tell() and not self._ends_with_newline():
-                f.write("\n")  # a previous run died mid-line: start clean, that fragment is skipped
-            for episode in episodes:
-                f.write(episode.to_json() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-
-    def _ends_with_newline(self) -> bool:
-        with self.path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
+        jsonl.append(self.path, (episode.to_json() for episode in episodes))

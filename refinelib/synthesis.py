@@ -1,0 +1,456 @@
+"""Refinement data synthesis (method.md §2-§7): many environments, trajectories that err and recover.
+
+One *candidate* (an index 0, 1, 2, ...) becomes one :class:`Sample`: a script, a trajectory and the
+verdicts of every attempt, accepted or not. Three teachers write candidates in the same Player/DM format
+and go through the same verifier (:func:`refinelib.verify.verify`):
+
+* ``grounded`` (default, offline): :func:`refinelib.themes.generate_script` makes an executable script,
+  :func:`refinelib.teacher.grounded_trajectory` walks its oracle plan with injected mistakes; the engine
+  replays it (``goal_check``), so every DM flag is true by construction;
+* ``openai``: the paper's method with any OpenAI-compatible endpoint (:mod:`refinelib.llm`): persona ->
+  script -> one generation playing DM and Player -> verification -> regeneration that keeps the verified
+  prefix and says what was wrong (a restart when too few errors), up to a retry cap;
+* ``openai-executable``: the bridge: the LLM writes a script in the engine's executable schema, accepted
+  only if :class:`refinelib.world.World` loads it and its planner solves it; trajectories are grounded.
+
+Runs are resumable: every finished candidate is one line of ``samples.jsonl`` (append-only), candidates
+are deterministic per index (seeded; LLM answers come from the cache on a re-run), and a re-run skips
+the indices already there, so a killed run continues to exactly the data an uninterrupted run makes::
+
+    run = synthesize(SynthesisConfig(n=200), "artifacts/synthesis/default/samples")
+    records, meta = run.records()          # released-schema chat records + per-id metadata
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refinelib import chat, jsonl, teacher, themes
+from refinelib.paths import write_atomic
+from refinelib.verify import FLAGS, REASONS, Verdict, check_script, parse_json, verify
+from refinelib.world import World
+
+TEACHERS = ("grounded", "openai", "openai-executable")
+SAMPLES_FILE = "samples.jsonl"
+CONFIG_FILE = "config.json"
+SYSTEM = "You are a careful designer of text-based environments and interactions. You answer in JSON only."
+# Verdict reasons of the synthesis stages (verify.REASONS has the verifier's own).
+STAGE_REASONS = {
+    "llm_error": "the endpoint failed after its retries (the request is not cached; a re-run tries again)",
+    "engine_error": "the executable script does not load in the world engine",
+    "engine_unsolvable": "the planner finds no plan for the executable script",
+    "plan_too_short": "the plan has too few steps to hold the required error->refinement episodes",
+}
+REASON_TEXT = {**REASONS, **STAGE_REASONS}
+
+
+@dataclass
+class SynthesisConfig:
+    """What a synthesis run depends on (``n`` and ``max_candidates`` may grow between runs)."""
+
+    teacher: str = "grounded"       # one of TEACHERS
+    n: int = 100                    # accepted trajectories wanted
+    seed: int = 0
+    error_rate: float = 0.3         # grounded teacher: share of plan steps preceded by a mistake
+    min_errors: int = 2             # the paper: >= 2 error->refinement episodes
+    strict: bool = True             # verify's extra checks (role order, numbering, every error refined)
+    max_candidates: int = 0         # stop after this many candidates (0: 3 * n)
+    script_attempts: int = 3        # LLM: script generations per candidate
+    trajectory_attempts: int = 4    # LLM: trajectory generations (first + regenerations) per script
+    personas: str = "generated"     # "generated" (refinelib.personas) or a Persona Hub persona.jsonl path
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"SynthesisConfig.teacher: {self.teacher!r} is not one of {TEACHERS}")
+        for name in ("n", "min_errors", "script_attempts", "trajectory_attempts"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"SynthesisConfig.{name} must be a positive integer, "
+                                 f"got {getattr(self, name)!r}")
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"SynthesisConfig.error_rate must be in [0, 1], got {self.error_rate!r}")
+        if self.max_candidates < 0:
+            raise ValueError(f"SynthesisConfig.max_candidates must be >= 0, got {self.max_candidates!r}")
+
+    @property
+    def candidates(self) -> int:
+        return self.max_candidates or 3 * self.n
+
+    def identity(self, llm: Mapping | None) -> dict:
+        """The fields a sample depends on: a re-run into the same folder must match them."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("n", "max_candidates")}
+        if self.teacher != "grounded":
+            out["llm"] = dict(llm or {})
+        return out
+
+
+@dataclass
+class Sample:
+    """One candidate: what was generated, every verdict on the way, and what it cost."""
+
+    index: int
+    id: str
+    teacher: str
+    accepted: bool
+    verdicts: list[dict]                # Verdict.to_dict() of every attempt, in order
+    script: dict | None = None
+    trajectory: list | None = None      # the final (accepted or last) trajectory
+    persona: str = ""
+    theme: str = ""
+    usage: dict = field(default_factory=dict)  # prompt/completion tokens, calls, cache hits (LLM)
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.from_dict(self.verdicts[-1])
+
+    def error_kinds(self) -> list[str]:
+        """The kind of every erroneous Player turn (the DM turn's first set flag)."""
+        turns = self.trajectory or []
+        return [next(f for f in FLAGS if t.get(f)) for p, t in zip(turns, turns[1:], strict=False)
+                if p.get("role") == "Player" and t.get("role") == "DM" and any(t.get(f) for f in FLAGS)]
+
+    def record(self) -> dict:
+        """The released-schema chat record of an accepted sample (erroneous turns with loss false)."""
+        return chat.to_conversation(self.script, self.trajectory, self.id)
+
+    def meta(self) -> dict:
+        """Metadata for the dataset's sidecar columns and card."""
+        return {"source": self.teacher, "theme": self.theme, "persona": self.persona,
+                "error_kinds": self.error_kinds(),
+                "templates": sorted((self.script or {}).get("Available Actions", {})),
+                "attempts": len(self.verdicts)}
+
+
+@dataclass
+class SynthesisRun:
+    """The samples of a run, in index order, and its config."""
+
+    config: SynthesisConfig
+    samples: list[Sample]
+    path: Path
+    skipped_lines: int = 0  # sample lines cut by a kill (re-made by the run)
+
+    @property
+    def accepted(self) -> list[Sample]:
+        """The first ``config.n`` accepted samples by index (the dataset, whatever the run history)."""
+        return [s for s in self.samples if s.accepted][: self.config.n]
+
+    def records(self) -> tuple[list[dict], dict[str, dict]]:
+        """Chat records of the accepted samples and their metadata keyed by id."""
+        accepted = self.accepted
+        return [s.record() for s in accepted], {s.id: s.meta() for s in accepted}
+
+    def verdicts(self) -> list[dict]:
+        """Every verdict of every attempt, with its candidate index and teacher."""
+        return [{**v, "index": s.index, "attempt": k, "teacher": s.teacher}
+                for s in self.samples for k, v in enumerate(s.verdicts)]
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def synthesize(config: SynthesisConfig, out_dir: str | Path, client=None,
+               progress: bool = True) -> SynthesisRun:
+    """Make candidates until ``config.n`` are accepted (or ``config.candidates`` are tried); resumable.
+
+    Args:
+        config: the run's settings.
+        out_dir: the run folder (``samples.jsonl``, ``config.json``); a re-run continues it.
+        client: a :class:`refinelib.llm.LLMClient` (required for the ``openai*`` teachers).
+        progress: show a tqdm bar over accepted trajectories.
+
+    Raises:
+        ValueError: ``out_dir`` holds a run with a different config (one message naming the fields).
+    """
+    from tqdm import tqdm
+
+    if config.teacher != "grounded" and client is None:
+        raise ValueError(f"teacher {config.teacher!r} needs an LLM client (refinelib.llm.LLMClient)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    llm_config = client.config.to_dict() if client is not None else None
+    _check_same_run(out, config.identity(llm_config))
+    objects, skipped = jsonl.read(out / SAMPLES_FILE)
+    done = {o["index"]: Sample(**o) for o in objects}
+    make = _maker(config, client)
+    workers = client.config.concurrency if client is not None else 1
+
+    def accepted_count() -> int:
+        return sum(s.accepted for s in done.values())
+
+    bar = tqdm(total=config.n, initial=min(accepted_count(), config.n), desc=f"accepted ({config.teacher})",
+               disable=not progress)
+    index = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while accepted_count() < config.n and index < config.candidates:
+            wave = []  # the next `workers` indices not yet done
+            while len(wave) < workers and index < config.candidates:
+                if index not in done:
+                    wave.append(index)
+                index += 1
+            if not wave:
+                continue
+            for sample in pool.map(make, wave):  # in index order
+                jsonl.append(out / SAMPLES_FILE, [asdict(sample)])
+                done[sample.index] = sample
+            bar.update(min(accepted_count(), config.n) - bar.n)
+    bar.close()
+    return SynthesisRun(config, [done[i] for i in sorted(done)], out, skipped)
+
+
+def load_run(out_dir: str | Path) -> SynthesisRun:
+    """Read a run folder back (``config.json`` + ``samples.jsonl``) without making anything."""
+    out = Path(out_dir)
+    if not (out / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{out / CONFIG_FILE}: not a synthesis run folder (run synthesize first)")
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    saved.pop("llm", None)
+    config = SynthesisConfig(**saved, n=saved.get("n", 1))
+    objects, skipped = jsonl.read(out / SAMPLES_FILE)
+    samples = sorted((Sample(**o) for o in objects), key=lambda s: s.index)
+    config.n = max(1, sum(s.accepted for s in samples))
+    return SynthesisRun(config, samples, out, skipped)
+
+
+def _check_same_run(out: Path, identity: dict) -> None:
+    path = out / CONFIG_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        if changed:
+            raise ValueError(f"{out} holds a synthesis run with different settings ({', '.join(changed)}); "
+                             "use a new folder, or delete this one to start over")
+    else:
+        write_atomic(path, json.dumps(identity, indent=2))
+
+
+def _maker(config: SynthesisConfig, client) -> Callable[[int], Sample]:
+    if config.teacher == "grounded":
+        return functools.partial(grounded_candidate, config)
+    pool = persona_pool(config)
+    make = llm_candidate if config.teacher == "openai" else executable_candidate
+    return lambda index: make(config, client, pool[index % len(pool)], index, index // len(pool))
+
+
+def persona_pool(config: SynthesisConfig) -> list[str]:
+    """The personas candidates draw from, in a seeded order (candidate i takes persona i)."""
+    from refinelib import personas
+
+    if config.personas == "generated":
+        found = personas.generate(min(config.candidates, 5000), seed=config.seed)
+    else:
+        found = personas.load_persona_hub(config.personas)
+        random.Random(config.seed).shuffle(found)
+    return [p.text for p in found]
+
+
+def sample_id(config: SynthesisConfig, index: int) -> str:
+    return f"{config.teacher}-s{config.seed}-{index:06d}"
+
+
+# ------------------------------------------------------------------------------------- the teachers
+
+
+def grounded_candidate(config: SynthesisConfig, index: int) -> Sample:
+    """A procedurally generated script and its grounded trajectory, verified with an engine replay."""
+    seed = config.seed * 1_000_003 + index
+    script = themes.generate_script(seed)
+    return _grounded(config, index, script, seed, config.teacher, theme=script["Engine"]["theme"])
+
+
+def _grounded(config, index, script, seed, source, verdicts=(), persona="", theme="", usage=None) -> Sample:
+    sid = sample_id(config, index)
+    try:
+        trajectory = teacher.grounded_trajectory(script, seed, config.error_rate, config.min_errors)
+    except ValueError as error:
+        verdict = Verdict(False, "plan_too_short", str(error), stage="script")
+        return Sample(index, sid, source, False, [*verdicts, verdict.to_dict()], script, None, persona, theme,
+                      usage or {})
+    verdict = verify(script, trajectory, config.min_errors, config.strict, goal_check=teacher.replay_check)
+    return Sample(index, sid, source, verdict.ok, [*verdicts, verdict.to_dict()], script, trajectory, persona,
+                  theme, usage or {})
+
+
+class _Ledger:
+    """Tokens and calls spent on one candidate (a cache hit still reports what it originally cost)."""
+
+    def __init__(self, client) -> None:
+        self.client, self.usage = client, {"calls": 0, "cache_hits": 0, "prompt_tokens": 0,
+                                           "completion_tokens": 0}
+
+    def ask(self, messages: list[dict], stage: str, sample: int, version: str) -> str:
+        reply = self.client.complete(messages, stage=stage, sample=sample, prompt_version=version)
+        self.usage["cache_hits" if reply.cached else "calls"] += 1
+        self.usage["prompt_tokens"] += reply.prompt_tokens
+        self.usage["completion_tokens"] += reply.completion_tokens
+        return reply.text
+
+
+def llm_candidate(config: SynthesisConfig, client, persona: str, index: int, round_: int = 0) -> Sample:
+    """The paper's pipeline for one persona: script, trajectory, verification, regeneration."""
+    from refinelib.llm import LLMError
+
+    ledger, verdicts, sid = _Ledger(client), [], sample_id(config, index)
+    script = trajectory = None
+
+    def done(ok: bool) -> Sample:
+        return Sample(index, sid, config.teacher, ok, verdicts, script, trajectory, persona, "", ledger.usage)
+
+    try:
+        for s_try in range(config.script_attempts):
+            prompt = [_system(), _user(render("synth_script", persona=persona))]
+            text = ledger.ask(prompt, "script", round_ * 100 + s_try, prompt_version("synth_script"))
+            script, why = parse_json(text, dict)
+            verdict = Verdict(False, "json_error", f"script: {why}", stage="script") if why else \
+                check_script(script)
+            if not verdict.ok:
+                verdicts.append(verdict.to_dict())
+                continue
+            script_text = json.dumps(script, indent=1, ensure_ascii=False)
+            ask = render("synth_trajectory", script=script_text, min_errors=config.min_errors)
+            base = [_system(), _user(ask)]
+            messages, prefix = base, []
+            for t_try in range(config.trajectory_attempts):
+                stage = "trajectory" if t_try == 0 else "regeneration"
+                text = ledger.ask(messages, stage, round_ * 100 + s_try * 10 + t_try,
+                                  prompt_version("synth_trajectory", "synth_continue"))
+                turns = _turns(text)
+                trajectory = prefix + turns if turns is not None else text
+                verdict = verify(script, trajectory, config.min_errors, config.strict)
+                verdicts.append(verdict.to_dict())
+                if verdict.ok:
+                    return done(True)
+                if turns is not None:  # unparsable text keeps the previous verified prefix
+                    prefix = trajectory[: verdict.verified_prefix]
+                follow = render("synth_continue", reason=REASON_TEXT.get(verdict.reason, verdict.reason),
+                                detail=verdict.detail, min_errors=config.min_errors, next_turn=len(prefix),
+                                prefix=json.dumps(prefix, indent=1, ensure_ascii=False) if prefix else "")
+                messages = [*base, {"role": "assistant", "content": text}, _user(follow)]
+            trajectory = trajectory if isinstance(trajectory, list) else None
+            break  # the retry cap: the next persona, as in the paper
+    except LLMError as error:
+        verdicts.append(Verdict(False, "llm_error", str(error), stage="llm").to_dict())
+    return done(False)
+
+
+def executable_candidate(config: SynthesisConfig, client, persona: str, index: int,
+                         round_: int = 0) -> Sample:
+    """The bridge: an LLM-written executable script, kept only if the engine loads and solves it."""
+    from refinelib.llm import LLMError
+
+    ledger, verdicts = _Ledger(client), []
+    example = json.dumps(_example_script(), ensure_ascii=False)
+    script = None
+    try:
+        for s_try in range(config.script_attempts):
+            prompt = [_system(), _user(render("synth_engine_script", persona=persona, example=example))]
+            text = ledger.ask(prompt, "engine_script", round_ * 100 + s_try,
+                              prompt_version("synth_engine_script"))
+            script, verdict = _load_executable(text)
+            if verdict is None:
+                seed = config.seed * 1_000_003 + index
+                return _grounded(config, index, script, seed, config.teacher, verdicts, persona,
+                                 theme=str(script["Engine"].get("theme", "")), usage=ledger.usage)
+            verdicts.append(verdict.to_dict())
+    except LLMError as error:
+        verdicts.append(Verdict(False, "llm_error", str(error), stage="llm").to_dict())
+    return Sample(index, sample_id(config, index), config.teacher, False, verdicts, script, None, persona, "",
+                  ledger.usage)
+
+
+def _turns(text: str) -> list | None:
+    """The turns in an LLM answer: a JSON list, or the one list inside a wrapper object."""
+    turns, why = parse_json(text, list)
+    if why:
+        return None
+    if isinstance(turns, Mapping):
+        lists = [v for v in turns.values() if isinstance(v, list)]
+        turns = lists[0] if len(lists) == 1 else None
+    return turns if isinstance(turns, list) else None
+
+
+def _load_executable(text: str) -> tuple[dict | None, Verdict | None]:
+    script, why = parse_json(text, dict)
+    if why:
+        return None, Verdict(False, "json_error", f"script: {why}", stage="script")
+    verdict = check_script(script)
+    if not verdict.ok:
+        return script, verdict
+    if not isinstance(script.get("Engine"), Mapping):
+        return script, Verdict(False, "engine_error", "the script has no 'Engine' object", stage="script")
+    try:
+        world = World.from_script(script)
+        plan = world.plan()
+    except Exception as error:  # noqa: BLE001 (any malformed engine spec is a verdict, never a crash)
+        return script, Verdict(False, "engine_error", f"{type(error).__name__}: {error}", stage="script")
+    if plan is None:
+        return script, Verdict(False, "engine_unsolvable", "no plan reaches the goal facts", stage="script")
+    script["Engine"]["plan"] = plan
+    return script, None
+
+
+@functools.cache
+def _example_script() -> dict:
+    script = themes.generate_script(7)
+    script["Engine"] = {k: v for k, v in script["Engine"].items() if k not in ("plan", "seed")}
+    return script
+
+
+# ------------------------------------------------------------------------------------------ prompts
+
+
+def render(name: str, **variables: Any) -> str:
+    """Render ``prompts/<name>.jinja`` (strict: a missing variable is an error)."""
+    from refinelib.agent import _jinja
+
+    return _jinja().get_template(f"{name}.jinja").render(**variables).strip()
+
+
+def prompt_version(*names: str) -> str:
+    """E.g. ``"synth_script-1"``: the templates' version headers (part of a request's cache key)."""
+    from refinelib.agent import _VERSION, _jinja
+
+    env = _jinja()
+    parts = []
+    for name in names:
+        match = _VERSION.search(env.loader.get_source(env, f"{name}.jinja")[0])
+        parts.append(f"{name}-{match.group(1) if match else '?'}")
+    return "+".join(parts)
+
+
+def _system() -> dict:
+    return {"role": "system", "content": SYSTEM}
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+# --------------------------------------------------------------------------------------- summaries
+
+
+def summary(run: SynthesisRun) -> dict:
+    """Headline numbers: candidates, accepted, yield, attempts per accepted sample, tokens (LLM)."""
+    samples = run.samples
+    accepted = [s for s in samples if s.accepted]
+    tokens = sum(s.usage.get("prompt_tokens", 0) + s.usage.get("completion_tokens", 0) for s in samples)
+    return {"teacher": run.config.teacher, "candidates": len(samples), "accepted": len(accepted),
+            "yield": len(accepted) / max(len(samples), 1),
+            "attempts_per_candidate": sum(len(s.verdicts) for s in samples) / max(len(samples), 1),
+            "tokens": tokens, "tokens_per_accepted": tokens / max(len(accepted), 1),
+            "llm_calls": sum(s.usage.get("calls", 0) for s in samples)}
+
+
+def digest(records: Sequence[Mapping]) -> str:
+    """A short content hash of records (to compare two runs' datasets)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,124 @@
+"""Grounded-teacher synthesis runs: verified, replayable, resumable after a kill; expert-only data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from refinelib import agent, chat, expert, jsonl
+from refinelib.synthesis import SAMPLES_FILE, SynthesisConfig, digest, load_run, summary, synthesize
+from refinelib.teacher import replay_check
+from refinelib.verify import FLAGS, verify
+
+
+def test_grounded_run_accepts_verified_replayable_trajectories(tmp_path):
+    run = synthesize(SynthesisConfig(n=12, seed=3), tmp_path, progress=False)
+    assert len(run.accepted) == 12
+    for sample in run.accepted:
+        assert verify(sample.script, sample.trajectory).ok
+        assert replay_check(sample.script, sample.trajectory)[0]  # same observations and flags in the engine
+        errors = sample.error_kinds()
+        assert len(errors) >= 2 and set(errors) <= set(FLAGS)
+        record = sample.record()
+        untrained = [t for t in record["conversations"] if t["from"] == "gpt" and not t["loss"]]
+        assert len(untrained) == len(errors)  # exactly the erroneous turns are masked
+    records, meta = run.records()
+    assert [r["id"] for r in records] == [s.id for s in run.accepted]
+    assert meta[records[0]["id"]]["templates"]
+    assert summary(run)["accepted"] == 12
+
+
+def test_rerun_makes_nothing_new_and_n_can_grow(tmp_path):
+    first = synthesize(SynthesisConfig(n=5), tmp_path, progress=False)
+    lines = (tmp_path / SAMPLES_FILE).read_text().splitlines()
+    again = synthesize(SynthesisConfig(n=5), tmp_path, progress=False)
+    assert (tmp_path / SAMPLES_FILE).read_text().splitlines() == lines
+    assert digest(again.records()[0]) == digest(first.records()[0])
+    more = synthesize(SynthesisConfig(n=8), tmp_path, progress=False)
+    assert [s.id for s in more.accepted][:5] == [s.id for s in first.accepted]
+    assert len(more.accepted) == 8
+    assert len(load_run(tmp_path).accepted) == 8
+
+
+def test_changed_settings_in_the_same_folder_is_one_clear_error(tmp_path):
+    synthesize(SynthesisConfig(n=2), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="error_rate"):
+        synthesize(SynthesisConfig(n=2, error_rate=0.5), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("field,value", [("teacher", "gpt"), ("n", 0), ("error_rate", 1.5)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SynthesisConfig(**{field: value})
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    from refinelib.synthesis import SynthesisConfig, synthesize
+    synthesize(SynthesisConfig(n=int(sys.argv[2]), seed=1), sys.argv[1], progress=False)
+""")
+
+
+def test_killed_run_resumes_to_the_uninterrupted_dataset(tmp_path):
+    n = 400
+    reference = synthesize(SynthesisConfig(n=n, seed=1), tmp_path / "whole", progress=False).records()[0]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), str(n)], env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and len(jsonl.read(out / SAMPLES_FILE)[0]) < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(jsonl.read(out / SAMPLES_FILE)[0])
+    assert 20 <= done < n, "the kill must land midway"
+    with open(out / SAMPLES_FILE, "a") as f:  # a line cut by the kill
+        f.write('{"index": 999, "id": "grounded-s1-0')
+
+    resumed = synthesize(SynthesisConfig(n=n, seed=1), out, progress=False)
+    assert digest(resumed.records()[0]) == digest(reference)
+    indices = [o["index"] for o in jsonl.read(out / SAMPLES_FILE)[0]]
+    assert len(indices) == len(set(indices))  # nothing made twice
+    assert resumed.skipped_lines == 1
+
+
+def test_expert_data_is_the_agents_own_chat_with_every_turn_trained(tmp_path):
+    log = tmp_path / "expert.jsonl"
+    records, meta = expert.expert_data(4, log, progress=False)
+    assert len(records) == 4 and len({r["id"] for r in records}) == 4
+    tasks = {m["theme"] for m in meta.values()}
+    assert len(tasks) == 4  # round-robin over the held-in task types
+    for r in records:
+        assert chat.normalize_record(r) == r
+        convo = r["conversations"]
+        assert convo[0]["from"] == "system" and "Available actions" in convo[0]["value"]
+        gpt = [t for t in convo if t["from"] == "gpt"]
+        assert gpt and all(t["loss"] for t in gpt)
+        assert all(agent.parse(t["value"]).action for t in gpt)
+        assert convo[-1]["from"] == "gpt"
+    lines = log.read_text().splitlines()
+    expert.expert_data(4, log, progress=False)  # resumable: nothing re-played
+    assert log.read_text().splitlines() == lines
+    assert json.loads(lines[0])["policy"] == "expert"
+
+
+def test_expert_training_games_never_use_evaluation_seeds():
+    suite = expert.training_suite(40)
+    assert max(i.seed for i in suite.instances) < 100000
+    with pytest.raises(ValueError, match="below"):
+        expert.training_suite(10, first_seed=99995)
+
+
+def test_samples_file_round_trips(tmp_path):
+    run = synthesize(SynthesisConfig(n=3), tmp_path, progress=False)
+    back = load_run(Path(tmp_path))
+    assert [s.id for s in back.samples] == [s.id for s in run.samples]
+    assert back.samples[0].trajectory == run.samples[0].trajectory
