@@ -147,9 +147,12 @@ class LLMError(RuntimeError):
     """
 
     def __init__(self, stage: str, kind: str, status: int | None, detail: str) -> None:
-        self.stage, self.kind, self.status = stage, kind, status
+        self.stage, self.kind, self.status, self.detail = stage, kind, status, detail
         what = f"HTTP {status}" if status is not None else kind
         super().__init__(f"LLM request for stage {stage!r} failed: {what}: {detail}")
+
+    def __reduce__(self):  # picklable, so it can cross a process pool
+        return LLMError, (self.stage, self.kind, self.status, self.detail)
 
 
 LEDGER_FIELDS = ("requests", "retries", "errors", "cache_hits", "prompt_tokens", "completion_tokens")
@@ -163,10 +166,10 @@ class LLMClient:
         cache_dir: where answers are cached (default ``refinelib.paths.cache_dir("llm")``).
 
     Attributes:
-        ledger: per stage, ``requests`` (API calls that reached the endpoint; cache misses), ``retries``
-            (retries the openai client took on calls that then succeeded), ``errors`` (calls that ended in
-            :class:`LLMError`), ``cache_hits``, ``prompt_tokens`` / ``completion_tokens`` (spent by this
-            client's requests) and ``cost`` (USD, None without prices).
+        ledger: a snapshot, per stage: ``requests`` (API calls that reached the endpoint: cache misses),
+            ``retries`` (retries the openai client took on calls that then succeeded), ``errors`` (calls
+            that ended in :class:`LLMError`), ``cache_hits``, ``prompt_tokens`` / ``completion_tokens``
+            (spent by this client's requests) and ``cost`` (USD, None without prices).
         max_in_flight: the peak number of concurrent API calls.
     """
 
@@ -177,7 +180,8 @@ class LLMClient:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("llm")
         key = os.environ.get(config.api_key_env, "")
         if not key:
-            host = urlparse(config.base_url).hostname if config.base_url else None
+            url = config.base_url or os.environ.get("OPENAI_BASE_URL")  # where the openai client will go
+            host = urlparse(url).hostname if url else None
             if host not in LOCAL_HOSTS:
                 raise RuntimeError(f"no API key: set the environment variable {config.api_key_env} "
                                    f"for {config.base_url or 'the OpenAI API'}")
@@ -185,9 +189,11 @@ class LLMClient:
         # The key lives only inside the openai client (which sends it as a header), never on this object.
         self._openai = OpenAI(api_key=key, base_url=config.base_url, max_retries=config.max_retries,
                               timeout=config.timeout)
+        # the endpoint actually used (None resolves to OpenAI's, or OPENAI_BASE_URL): part of the cache key
+        self.endpoint = str(self._openai.base_url).rstrip("/")
         self._lock = threading.Lock()
         self._key_locks: dict[str, list] = {}  # key -> [Lock, users]: one API call per key at a time
-        self.ledger: dict[str, dict] = {}
+        self._ledger: dict[str, dict] = {}
         self.in_flight = self.max_in_flight = 0
 
     def __repr__(self) -> str:
@@ -209,7 +215,7 @@ class LLMClient:
     def request_identity(self, messages: list[dict], sample: int = 0, prompt_version: str = "") -> dict:
         """What the cache key hashes: everything that changes the answer, and nothing secret."""
         c = self.config
-        return {"model": c.model, "base_url": c.base_url.rstrip("/") if c.base_url else None,
+        return {"model": c.model, "base_url": self.endpoint,
                 "messages": messages, "temperature": c.temperature, "top_p": c.top_p,
                 "max_tokens": c.max_tokens, "extra": c.extra, "sample": sample,
                 "prompt_version": prompt_version}
@@ -292,7 +298,7 @@ class LLMClient:
         except openai.APITimeoutError:
             raise self._fail(stage, "timeout", None, f"no answer within {c.timeout} s") from None
         except openai.APIConnectionError:
-            raise self._fail(stage, "connection", None, f"cannot reach {c.base_url or 'OpenAI'}") from None
+            raise self._fail(stage, "connection", None, f"cannot reach {self.endpoint}") from None
         except openai.APIStatusError as error:
             raise self._fail(stage, "http", error.status_code, _server_message(error)) from None
         except (openai.APIResponseValidationError, json.JSONDecodeError):
@@ -380,7 +386,7 @@ class LLMClient:
 
     def _count(self, stage: str, **amounts: int) -> None:
         with self._lock:
-            row = self.ledger.setdefault(stage, {**dict.fromkeys(LEDGER_FIELDS, 0), "cost": None})
+            row = self._ledger.setdefault(stage, {**dict.fromkeys(LEDGER_FIELDS, 0), "cost": None})
             for name, amount in amounts.items():
                 row[name] += amount
             row["cost"] = self.cost(row["prompt_tokens"], row["completion_tokens"])
@@ -393,17 +399,23 @@ class LLMClient:
         return (prompt_tokens * c.price_per_1m_input + completion_tokens * c.price_per_1m_output) / 1e6
 
     @property
+    def ledger(self) -> dict[str, dict]:
+        """A snapshot of the ledger: ``{stage: {requests, retries, errors, cache_hits, tokens..., cost}}``."""
+        with self._lock:
+            return {stage: dict(row) for stage, row in self._ledger.items()}
+
+    @property
     def calls(self) -> int:
         """API calls made by this client (all stages; cache hits excluded)."""
         with self._lock:
-            return sum(row["requests"] for row in self.ledger.values())
+            return sum(row["requests"] for row in self._ledger.values())
 
     def ledger_table(self):
         """The ledger as a DataFrame: a row per stage, then a ``total`` row; cost NaN without prices."""
         import pandas as pd
 
         with self._lock:
-            rows = [{"stage": stage, **row} for stage, row in sorted(self.ledger.items())]
+            rows = [{"stage": stage, **row} for stage, row in sorted(self._ledger.items())]
         table = pd.DataFrame(rows, columns=["stage", *LEDGER_FIELDS, "cost"])
         total = {"stage": "total", **{name: int(table[name].sum()) for name in LEDGER_FIELDS}}
         total["cost"] = self.cost(total["prompt_tokens"], total["completion_tokens"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 
 import pytest
 from fake_openai import FakeOpenAI, Fault, malformed, rate_limited, server_error, slow
@@ -78,6 +79,7 @@ def test_persistent_server_error_raises_llm_error_naming_the_stage(tmp_path):
             client.complete(user("hello"), stage="trajectory")
         assert len(server.requests) == 2  # the first try and one retry
     assert (info.value.stage, info.value.kind, info.value.status) == ("trajectory", "http", 503)
+    assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)  # crosses a process pool
     assert cache_files(tmp_path) == []  # failures are not cached: a re-run tries again
     assert client.ledger["trajectory"]["errors"] == 1
 
