@@ -9,11 +9,13 @@ on the CPU and without the model hub. Every function returns numbers or DataFram
     stats = diversity.thought_diversity(episodes, by="policy")  # dispersion, distinct-1/2 per policy
     xy = diversity.tsne(diversity.embed(table["thought"].tolist()), seed=0)
 
-    sources = {theme: [diversity.script_description(s) for s in scripts] for theme, scripts in ...}
-    targets = {family: [diversity.episode_description(e) for e in eps] for family, eps in ...}
+    # the heatmap: per source (a theme, or a whole training set) and per evaluation suite, a set of texts
+    sources = {"agentrefine": [diversity.script_description(s) for s in scripts],
+               "expert": [diversity.episode_description(e) for e in expert_episodes]}
+    targets = {name: [diversity.episode_description(e) for e in eps] for name, eps in by_suite.items()}
     heat = diversity.environment_similarity(sources, targets)
-    leaks = diversity.leakage_matrix({"expert": expert_meta, "agentrefine": refine_meta},
-                                     ["household_held_in", "household_held_out", "babyai"], heat, 0.6)
+    # the leakage matrix: training sources' per-sample metadata (rows named like the heatmap's)
+    leaks = diversity.leakage_matrix({"agentrefine": refine_meta, "expert": expert_meta}, list(targets), heat)
 """
 
 from __future__ import annotations
@@ -290,10 +292,14 @@ def source_environments(metadata: Mapping[str, Mapping]) -> set[tuple[str, str |
 
 
 LEAK_KINDS = ("", "metadata", "similarity", "metadata+similarity")
+# For the "mean" heatmap of MiniLM: measured on 120 grounded scripts (10 themes) against 6 episodes per
+# evaluation suite, synthetic themes sit at 0.02-0.29 from every evaluation suite, while two suites of one
+# family (household held-in vs held-out) sit at 0.51 and a suite with itself at 0.43-0.76.
+LEAK_THRESHOLD = 0.5
 
 
 def leakage_matrix(training_sources: Mapping[str, Mapping[str, Mapping]], evaluation_families: Sequence[str],
-                   similarity: pd.DataFrame | None = None, threshold: float = 0.6) -> pd.DataFrame:
+                   similarity: pd.DataFrame | None = None, threshold: float = LEAK_THRESHOLD) -> pd.DataFrame:
     """Which training source touches which evaluation environment: rows = sources, columns = evaluations,
     each cell one of ``LEAK_KINDS`` ("" = held-out for that source).
 
@@ -309,7 +315,8 @@ def leakage_matrix(training_sources: Mapping[str, Mapping[str, Mapping]], evalua
         training_sources: source name -> per-sample metadata (id -> meta with ``theme`` or ``family``).
         evaluation_families: suite names, family names or "family/task" names.
         similarity: optional source x evaluation similarities; None checks metadata only.
-        threshold: similarity at or above which a source counts as touching an evaluation.
+        threshold: similarity at or above which a source counts as touching an evaluation (the default
+            ``LEAK_THRESHOLD`` suits the "mean" heatmap; a "max" matrix wants a higher one).
 
     The boolean matrix of any leak is ``leakage_matrix(...) != ""``.
     """
