@@ -1,0 +1,161 @@
+"""The evaluation experiments: shared logs by model name, the main table, failure modes, paper tables."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from refinelib import experiment, metrics
+from refinelib.episodes import AgentTurn, Episode, EpisodeLog
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINELIB_ARTIFACTS", str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"
+
+
+def _episode(family, turns, perturbation="none", policy="m", suite=None, success=False):
+    return Episode(policy, suite or family, f"{family}/0", 0, family, "t", "held_out", "1", "goal", "obs",
+                   perturbation=perturbation, turns=turns, success=success)
+
+
+def _turn(action, valid=False, observation="Nothing happens."):
+    return AgentTurn(f"Thought: x\nAction: {action}", "x", action, observation, valid, 0.0,
+                     format_error=action is None)
+
+
+def test_shared_log_is_reused_across_calls_and_models_get_their_own_file(artifacts):
+    kw = dict(eval_run_id="r", max_instances=2, max_steps=30, progress_bar=False)
+    oracle = experiment.evaluate_model("oracle", "oracle", ["pddl"], **kw)
+    assert [e.policy for e in oracle] == ["oracle", "oracle"] and all(e.success for e in oracle)
+    path = experiment.episodes_path("r", "oracle")
+    assert path == artifacts / "evaluation" / "r" / "episodes" / "oracle.jsonl"
+    lines = path.read_text().splitlines()
+    # a second notebook asking for a superset plays only the new keys, and returns the old ones as logged
+    more = experiment.evaluate_model("oracle", "oracle", ["pddl", "babyai"], **kw)
+    assert len(more) == 4 and more[:2] == oracle
+    assert path.read_text().splitlines()[:2] == lines and len(EpisodeLog(path).read()) == 4
+    both = experiment.evaluate_models({"oracle": "oracle", "random": "random"}, ["pddl"], **kw)
+    assert {e.policy for e in both} == {"oracle", "random"}
+    assert experiment.episodes_path("r", "random").is_file()
+
+
+def test_other_settings_under_the_same_run_id_are_an_error_naming_the_field(artifacts):
+    kw = dict(eval_run_id="r", max_instances=1, progress_bar=False)
+    experiment.evaluate_model("random", "random", ["pddl"], max_steps=5, **kw)
+    with pytest.raises(ValueError, match=r"random\.settings\.json.*max_steps: 5 != 6"):
+        experiment.evaluate_model("random", "random", ["pddl"], max_steps=6, **kw)
+
+
+def test_a_missing_model_folder_says_to_run_notebook_03(artifacts):
+    models = experiment.default_models("nope")
+    assert models["base"] is None and models["refine"].endswith("tuning/nope/refine")
+    with pytest.raises(FileNotFoundError, match="expert_only: .*refine: .*run notebook 03_tuning first"):
+        experiment.evaluate_models(models, ["pddl"], eval_run_id="r")
+
+
+def test_a_trained_folder_is_loaded_with_its_adapter_and_named_by_the_model(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from tests.tiny_model import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = get_peft_model(tiny_model(tok), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path / "expert_only" / "adapter")
+    tok.save_pretrained(tmp_path / "base")
+    tiny_model(tok).save_pretrained(tmp_path / "base")
+    policy = experiment.load_policy("expert_only", str(tmp_path / "expert_only"),
+                                    base_model=str(tmp_path / "base"), max_new_tokens=4,
+                                    max_prompt_tokens=300)
+    assert policy.name == "expert_only" and policy.max_new_tokens == 4
+    assert not hasattr(policy.model, "peft_config")  # merged for speed
+    assert len(policy.generate([[{"role": "user", "content": "hi"}]])) == 1
+
+
+def test_main_table_marks_held_in_cells_only_for_memorising_models_and_gives_cis():
+    rows = [{"policy": p, "suite": s, "family": "f", "task": "t", "split": split, "instance": str(i),
+             "seed": 0, "perturbation": "none", "sample": 0, "success": i % 2 == 0, "progress": 0.5}
+            for p in ("base", "expert_only")
+            for s, split in (("household_held_in", "held_in"), ("pddl", "held_out")) for i in range(4)]
+    rows.append({**rows[0], "perturbation": "perturb-v1:R1", "success": True})  # ignored: not original
+    table = experiment.main_table(pd.DataFrame(rows), n_boot=200)
+    held = table.set_index(["policy", "suite"]).held_in
+    assert held[("expert_only", "household_held_in")] and held.sum() == 1
+    assert (table.success_rate == 50.0).all() and (table.progress_rate == 50.0).all()
+    assert (table.n_episodes == 4).all() and (table.success_rate_lo <= 50).all()
+    assert table.paper_task.tolist() == ["ALFWorld", "PDDL", "ALFWorld", "PDDL"]
+    shown = experiment.wide(table, order=["expert_only", "base"])
+    assert shown.index.tolist() == ["expert_only", "base"]
+    assert shown.loc["expert_only", "household_held_in"] == "50.0 / 50.0*"
+    assert shown.loc["base", "household_held_in"] == "50.0 / 50.0"
+    assert shown.loc["expert_only", "held-out mean"] == "50.0 / 50.0"  # the held-in cell is left out
+
+
+def test_memorised_format_on_another_family_and_under_a_household_perturbation():
+    pddl = _episode("pddl", [_turn("take apple 1 from countertop 1"), _turn("pick ball1 rooma left", True),
+                             _turn("go to countertop 1"), _turn("take apple 1 from countertop 1")])
+    assert experiment.memorised_format_steps(pddl) == [0, 2, 3]
+    babyai = _episode("babyai", [_turn("go to red ball 1"), _turn("move apple 1 to fridge 1")])
+    assert experiment.memorised_format_steps(babyai) == [1]  # "go to <id>" is BabyAI's own command
+    r1 = _episode("household", [_turn("take apple 1 from countertop 1"),
+                                _turn("from countertop 1 take apple 1", True, "You pick up the apple 1."),
+                                _turn("from countertop 2 take apple 1")], perturbation="perturb-v1:R1")
+    assert experiment.memorised_format_steps(r1) == [0]  # only the old format, not a new-format mistake
+    original = _episode("household", [_turn("take apple 1 from countertop 1")])
+    assert experiment.memorised_format_steps(original) == []
+
+
+def test_repeated_failed_action_needs_three_rejections_of_the_same_action():
+    turns = [_turn("open box"), _turn("look", True, "A room."), _turn("open box."), _turn("take key"),
+             _turn("open  box"), _turn("take key"), _turn(None)]
+    episode = _episode("textadventure", turns)
+    assert experiment.repeated_failed_actions(episode) == {"open box": [0, 2, 4]}
+    assert experiment.repeated_failed_actions(episode, min_repeats=2) == {"open box": [0, 2, 4],
+                                                                          "take key": [3, 5]}
+    found = experiment.failure_modes([episode, _episode("pddl", [_turn("look", True, "x")], policy="q")])
+    assert found[["policy", "mode", "action", "n_steps", "steps"]].to_dict("records") == [
+        {"policy": "m", "mode": "repeated failed action", "action": "open box", "n_steps": 3,
+         "steps": [0, 2, 4]}]
+    rates = experiment.failure_mode_rates([episode, _episode("pddl", [], policy="m", suite="pddl")], found,
+                                          by=["policy"])
+    assert rates["repeated failed action rate"].tolist() == [0.5]
+    assert rates["memorised format rate"].tolist() == [0.0]
+
+
+def test_transcript_marks_steps_and_shows_taxonomy_labels():
+    episode = _episode("pddl", [_turn("take apple 1 from countertop 1"), _turn(None)])
+    text = experiment.render_episode(episode, mark=[0])
+    assert ">> step 1 [invalid_action]" in text and "   step 2 [format_error]" in text
+    assert "Action: (none: Thought: x Action: None)" in text
+    assert experiment.render_episode(episode, max_turns=1).endswith("... 1 more steps")
+
+
+def test_paper_tables_are_labelled_and_reproduce_the_papers_averages():
+    main = experiment.paper_main_table()
+    assert "paper" in main.attrs["source"] and len(main) == 14 * 5
+    refine = main[main.model == "AgentRefine (L3-8B)"]
+    assert round(refine.success_rate.mean(), 1) == 24.7 and round(refine.progress_rate.mean(), 1) == 45.4
+    flan = main[main.model == "Agent-FLAN (L3-8B)"].set_index("task").held_in
+    assert flan["ALFWorld"] and not flan.drop("ALFWorld").any()
+    assert main[(main.model == "AgentGen (L3-8B)") & (main.task == "SciWorld")].success_rate.isna().all()
+    rob = experiment.paper_robustness_table()
+    assert "paper" in rob.attrs["source"]
+    settings = ["original", "P1", "P2", "P3", "P4", "P5"]
+    ours = metrics.robustness_summary(
+        rob[settings].stack().rename("value").reset_index().rename(columns={"level_2": "perturbation"})
+        .pivot_table(index=["model", "perturbation"], columns="metric", values="value").reset_index(),
+        by=["model"], original="original")
+    # the mean over the 6 settings reproduces the paper's "avg" column (method.md §15.3)
+    assert (ours["mean"].round(1).to_numpy() == rob.loc[ours.index, "mean"].to_numpy()).all()
+
+
+def test_short_rule_names():
+    assert experiment.short_rule("none") == "original" and experiment.short_rule("perturb-v1:R5") == "R5"
+
+
+def test_settings_sidecar_records_the_model(artifacts):
+    experiment.evaluate_model("oracle", "oracle", ["pddl"], eval_run_id="s", max_instances=1, max_steps=4,
+                              progress_bar=False)
+    sidecar = experiment.episodes_path("s", "oracle").with_suffix(".settings.json")
+    assert json.loads(sidecar.read_text()) == {"model": "oracle", "scale": "small", "max_steps": 4}
