@@ -1,0 +1,182 @@
+"""The paper's LLM pipeline end to end over real HTTP, against a local OpenAI-compatible server.
+
+The server plays a teacher LLM: for each persona it follows a scenario (a good answer, or a typical
+failure). Good scripts and trajectories come from the grounded teacher, so their correctness is known.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import re
+
+import pytest
+from fake_openai import FakeOpenAI, rate_limited, server_error, slow
+
+from refinelib import themes
+from refinelib.llm import LLMClient, LLMConfig
+from refinelib.synthesis import SynthesisConfig, persona_pool, synthesize
+from refinelib.teacher import grounded_trajectory
+from refinelib.verify import FLAGS, verify
+
+SCENARIOS = ["good", "bad_script_json", "wrong_keys_then_rest", "flag_mismatch", "too_few_errors_then_good",
+             "rate_limit_and_500", "timeout", "fenced_good"]
+
+
+def public(script: dict) -> dict:
+    return {k: v for k, v in script.items() if k != "Engine"}
+
+
+def good_pair(k: int) -> tuple[dict, list]:
+    script = themes.generate_script(500 + k)
+    return public(script), grounded_trajectory(script, 500 + k)
+
+
+class Teacher:
+    """The responder: one scenario per persona, remembering how often each persona asked what."""
+
+    def __init__(self, pool: list[str]) -> None:
+        self.scenario = {p: SCENARIOS[i % len(SCENARIOS)] for i, p in enumerate(pool)}
+        self.index = {p: i for i, p in enumerate(pool)}
+        self.asked = collections.Counter()
+        self.scripts: dict[str, str] = {}  # script JSON text -> persona
+
+    def __call__(self, request: dict):
+        text = request["messages"][-1]["content"]
+        if "persona:\n\n" in text:
+            persona = text.split("persona:\n\n", 1)[1].split("\n\n", 1)[0].strip()
+            return self.script(persona)
+        first = request["messages"][1]["content"]
+        persona = next(p for s, p in self.scripts.items() if s in first)
+        return self.trajectory(persona, text)
+
+    def script(self, persona: str):
+        scenario, n = self.scenario[persona], self.asked[persona, "script"]
+        self.asked[persona, "script"] += 1
+        if scenario == "bad_script_json" and n == 0:
+            return "I am sorry, I cannot write that environment."  # no JSON at all
+        script = good_pair(self.index[persona])[0]
+        text = json.dumps(script, indent=1)
+        self.scripts[json.dumps(script, indent=1, ensure_ascii=False)] = persona
+        return text
+
+    def trajectory(self, persona: str, text: str):
+        scenario, n = self.scenario[persona], self.asked[persona, "trajectory"]
+        self.asked[persona, "trajectory"] += 1
+        turns = good_pair(self.index[persona])[1]
+        if scenario == "wrong_keys_then_rest":
+            if n == 0:
+                broken = copy.deepcopy(turns)
+                broken[5]["action"] = broken[5].pop("Action")  # a wrong key at turn 5
+                return json.dumps(broken)
+            assert "These turns were verified and are kept" in text  # incremental regeneration
+            return json.dumps(turns[5:])
+        if scenario == "flag_mismatch":
+            bad = copy.deepcopy(turns)
+            bad[2]["parameter_error"] = not bad[2]["parameter_error"]
+            start = int(re.search(r"from turn (\d+)", text).group(1)) if n else 0  # a continuation
+            return json.dumps(bad[start:])
+        if scenario == "too_few_errors_then_good" and n == 0:
+            return json.dumps(without_errors(turns))
+        if scenario == "rate_limit_and_500" and n < 2:
+            return rate_limited() if n == 0 else server_error(500)
+        if scenario == "timeout":
+            return slow(3.0)
+        if scenario == "fenced_good":
+            return "Here is the interaction:\n```json\n" + json.dumps(turns) + "\n```"
+        return json.dumps(turns)
+
+
+def without_errors(turns: list) -> list:
+    def flagged(t):
+        return t["role"] == "DM" and any(t[f] for f in FLAGS)
+    kept = [t for i, t in enumerate(turns)
+            if not flagged(t) and not (i + 1 < len(turns) and flagged(turns[i + 1]))]
+    return [{**t, "turn": i} for i, t in enumerate(kept)]
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    config = SynthesisConfig(teacher="openai", n=len(SCENARIOS), max_candidates=len(SCENARIOS), seed=4)
+    teacher = Teacher(persona_pool(config))
+    with FakeOpenAI(teacher) as server:
+        llm = LLMConfig("teacher-model", base_url=server.base_url, timeout=0.5, max_retries=2, concurrency=3)
+        yield config, teacher, server, llm, tmp_path
+
+
+def test_only_valid_trajectories_are_accepted_and_every_rejection_has_its_reason(setup):
+    config, teacher, server, llm, tmp = setup
+    client = LLMClient(llm, cache_dir=tmp / "cache")
+    run = synthesize(config, tmp / "run", client=client, progress=False)
+    by_scenario = {teacher.scenario[s.persona]: s for s in run.samples}
+    assert set(by_scenario) == set(SCENARIOS)
+
+    accepted = {name for name, s in by_scenario.items() if s.accepted}
+    assert accepted == {"good", "bad_script_json", "wrong_keys_then_rest", "too_few_errors_then_good",
+                        "rate_limit_and_500", "fenced_good"}
+    for name in accepted:
+        sample = by_scenario[name]
+        assert verify(sample.script, sample.trajectory).ok
+        assert sample.trajectory == good_pair(teacher.index[sample.persona])[1]
+        assert sample.usage["prompt_tokens"] > 0 and sample.usage["completion_tokens"] > 0
+
+    reasons = {name: [v["reason"] for v in s.verdicts] for name, s in by_scenario.items()}
+    assert reasons["good"] == ["ok"]
+    assert reasons["bad_script_json"] == ["json_error", "ok"]
+    assert reasons["wrong_keys_then_rest"] == ["wrong_keys", "ok"]
+    assert reasons["too_few_errors_then_good"] == ["too_few_refinements", "ok"]
+    assert reasons["flag_mismatch"] == ["dm_flag_mismatch"] * config.trajectory_attempts
+    assert reasons["timeout"] == ["llm_error"]
+    assert "timeout" in by_scenario["timeout"].verdicts[0]["detail"]
+    assert reasons["rate_limit_and_500"] == ["ok"]  # the client's retries absorbed the 429 and the 500
+    table = client.ledger_table().set_index("stage")
+    assert table.loc["total", "requests"] == client.calls > 0
+    assert {"script", "trajectory", "regeneration"} <= set(table.index)
+
+
+def test_a_second_run_on_the_same_cache_makes_no_calls(setup):
+    config, teacher, server, llm, tmp = setup
+    first = synthesize(config, tmp / "run", client=LLMClient(llm, cache_dir=tmp / "cache"), progress=False)
+
+    # the same folder: every candidate is already there
+    before = len(server.requests)
+    again = synthesize(config, tmp / "run", client=LLMClient(llm, cache_dir=tmp / "cache"), progress=False)
+    assert len(server.requests) == before
+    assert [s.id for s in again.accepted] == [s.id for s in first.accepted]
+
+    # a new folder over the same cache: only the request that never got an answer is asked again
+    client = LLMClient(llm, cache_dir=tmp / "cache")
+    fresh = synthesize(config, tmp / "fresh", client=client, progress=False)
+    asked_again = [r for r in server.requests[before:] if r is not None]
+    assert asked_again and all(teacher.scenario[_persona_of(teacher, r)] == "timeout" for r in asked_again)
+    assert [s.record() for s in fresh.accepted] == [s.record() for s in first.accepted]
+
+
+def _persona_of(teacher: Teacher, request: dict) -> str:
+    first = request["messages"][1]["content"]
+    return next(p for s, p in teacher.scripts.items() if s in first)
+
+
+def test_executable_scripts_are_accepted_only_when_the_engine_solves_them(tmp_path):
+    config = SynthesisConfig(teacher="openai-executable", n=3, max_candidates=3, seed=1, script_attempts=1)
+    pool = persona_pool(config)
+
+    def answer(request):
+        persona = request["messages"][-1]["content"].split("persona:\n\n", 1)[1].split("\n\n", 1)[0].strip()
+        script = themes.generate_script(900 + pool.index(persona))
+        script["Engine"].pop("plan")
+        kind = pool.index(persona) % 3
+        if kind == 1:  # a goal fact no action can make true
+            script["Engine"]["goal"] = [["in", "unicorn", "nowhere"]]
+        if kind == 2:
+            del script["Engine"]
+        return json.dumps(script)
+
+    with FakeOpenAI(answer) as server:
+        client = LLMClient(LLMConfig("m", base_url=server.base_url, concurrency=2), cache_dir=tmp_path / "c")
+        run = synthesize(config, tmp_path / "run", client=client, progress=False)
+    reasons = [s.verdicts[-1]["reason"] for s in run.samples]
+    assert reasons == ["ok", "engine_unsolvable", "engine_error"]
+    grounded = run.samples[0]
+    assert grounded.accepted and grounded.theme and len(grounded.error_kinds()) >= 2
