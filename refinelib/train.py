@@ -204,7 +204,7 @@ def padding_free_collator():
 
 
 def check_padding_free(model, examples: Sequence[Rendered], atol: float = 1e-4) -> float:
-    """Max |logit difference| between packed and separate forward passes of two examples; raise if > atol.
+    """Max ``|logit difference|`` between packed and separate forward passes of two examples; raise if > atol.
 
     Packing is only correct when the attention implementation honours the position-id resets (and only
     without a KV cache, which training never uses), so this is checked on the actual model before training.
