@@ -48,6 +48,9 @@ $(filter $(X)/04_%,$(EXECUTED)): $(filter $(X)/01_%,$(EXECUTED))
 $(filter $(X)/05_%,$(EXECUTED)): $(filter $(X)/04_%,$(EXECUTED))
 $(filter $(X)/06_%,$(EXECUTED)): $(filter $(X)/05_%,$(EXECUTED))
 $(filter $(X)/07_%,$(EXECUTED)): $(filter $(X)/06_%,$(EXECUTED))
+# the results and reproducibility chapters read what every other chapter wrote
+$(filter $(X)/08_% $(X)/09_%,$(EXECUTED)): $(filter-out $(X)/08_% $(X)/09_%,$(EXECUTED))
+$(filter $(X)/09_%,$(EXECUTED)): $(filter $(X)/08_%,$(EXECUTED))
 
 book: $(EXECUTED) $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
