@@ -1,6 +1,7 @@
 """The command line `accelerate launch -m refinelib.train_cli` runs: YAML + flags -> TrainConfig -> train."""
 
 import json
+from pathlib import Path
 
 import pytest
 from test_train import episode, tiny_dir, write_jsonl  # noqa: F401 (tiny_dir is a fixture)
@@ -49,3 +50,14 @@ def test_main_trains_and_prints_a_summary(tiny_dir, tmp_path, capsys):  # noqa: 
     assert summary["counts"]["train"]["kept"] == 8
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["train_file"] == train_file and manifest["config"]["max_steps"] == 2
+
+
+def test_the_paper_config_in_the_scaling_notes_loads(tmp_path):
+    """docs/scaling.md's paper_8b.yaml is a valid TrainConfig with method.md §10's settings."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scaling.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "paper_8b.yaml").write_text(block)
+    config = load_config(["--config", str(tmp_path / "paper_8b.yaml"), "--gradient_checkpointing", "false"])
+    assert (config.method, config.learning_rate, config.epochs, config.max_length) == ("full", 2e-5, 3, 8192)
+    assert config.batch_size * config.grad_accumulation * 8 == 64 and config.bf16 is True
+    assert config.gradient_checkpointing is False and config.mask_policy == "refine"
