@@ -28,22 +28,28 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48, help="cap per model output")
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="history window budget")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 when anything else runs)")
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="re-encode every prompt in full (the KV cache is not kept between turns)")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     policy = TransformersPolicy.load(args.model, name="bench", max_new_tokens=args.max_new_tokens,
-                                     max_prompt_tokens=args.max_prompt_tokens)
+                                     max_prompt_tokens=args.max_prompt_tokens,
+                                     prefix_cache=not args.no_prefix_cache)
     per_suite = max(1, args.episodes // len(args.suites))
     kwargs = dict(suites=args.suites, max_steps=args.max_steps, max_instances=per_suite, progress_bar=False)
     rows = {}
     for label, batch_size in (("batched", args.episodes), ("sequential", 1)):
+        policy.stats = dict.fromkeys(policy.stats, 0)
         t0 = time.perf_counter()
         episodes = evaluate.run(policy, batch_size=batch_size, **kwargs)
         seconds = time.perf_counter() - t0
         rows[label] = {"episodes": len(episodes), "seconds": round(seconds, 1),
                        "episodes_per_min": round(60 * len(episodes) / seconds, 2),
+                       "prompt_tokens_from_cache": round(policy.stats["reused_tokens"]
+                                                         / max(policy.stats["prompt_tokens"], 1), 3),
                        "outputs": [[t.raw for t in e.turns] for e in episodes]}
     same = rows["batched"].pop("outputs") == rows["sequential"].pop("outputs")
     speedup = rows["batched"]["episodes_per_min"] / rows["sequential"]["episodes_per_min"]

@@ -11,6 +11,8 @@ do not depend on which other episodes share its batch).
 * :class:`TransformersPolicy`: a local causal LM (SmolLM2 or a tuned checkpoint); all requests are
   generated in one left-padded batch with a KV cache, each row stopping at the end-of-turn token.
   Greedy by default; ``temperature > 0`` samples, each row with its own seeded generator (Best-of-N).
+  Each episode's KV cache is kept between turns, so a step feeds only the new tokens (the last output
+  and observation) instead of re-encoding the whole history.
 * :class:`OpenAIPolicy`: any OpenAI-compatible endpoint (OpenAI, vLLM). The API key is read from an
   environment variable only, and never stored in configs or logs.
 """
@@ -108,12 +110,20 @@ class TransformersPolicy(Policy):
         max_prompt_tokens: the history window's budget; default: the model's context minus ``max_new_tokens``.
         stop: strings that end an output early (the model starting to write the next observation).
         batch_size: the most rows generated at once (None: the whole batch).
+        prefix_cache: keep each row's KV cache for the next call, so an episode's next prompt only feeds
+            the tokens after the longest prefix it shares with what was already computed (its last
+            observation, mostly) instead of the whole history.
     """
 
     def __init__(self, model, tokenizer, name: str = "local", max_new_tokens: int = 128,
                  temperature: float = 0.0, top_p: float = 1.0, max_prompt_tokens: int | None = None,
-                 stop: Sequence[str] = ("\nObservation:",), batch_size: int | None = None) -> None:
+                 stop: Sequence[str] = ("\nObservation:",), batch_size: int | None = None,
+                 prefix_cache: bool = True) -> None:
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.prefix_cache = prefix_cache
+        self._entries: list = []  # (token ids, per-layer (keys, values)) of the last call's rows
+        self._pending: list = []
+        self.stats = {"prompt_tokens": 0, "reused_tokens": 0}  # prompt tokens seen / served from the cache
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.stop, self.batch_size = tuple(stop), batch_size
         context = getattr(model.config, "max_position_embeddings", None)
@@ -158,29 +168,42 @@ class TransformersPolicy(Policy):
         seeds = list(seeds) if seeds is not None else [0] * len(batch)
         size = self.batch_size or max(len(batch), 1)
         out: list[str] = []
+        self._pending = []
         for i in range(0, len(batch), size):
             out += self._generate([self.render(m) for m in batch[i:i + size]], seeds[i:i + size])
+        self._entries = self._pending  # the episodes of this call are the ones that call again
         return out
 
     def _generate(self, prompts: list[str], seeds: list[int]) -> list[str]:
         import torch
 
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        width = max(len(e) for e in encoded)
+        reuse = [self._reusable(e) for e in encoded] if self.prefix_cache else [(0, None)] * len(encoded)
+        past_width = max(n for n, _ in reuse)
+        self.stats["prompt_tokens"] += sum(len(e) for e in encoded)
+        self.stats["reused_tokens"] += sum(n for n, _ in reuse)
+        suffixes = [e[n:] for e, (n, _) in zip(encoded, reuse, strict=True)]
+        width = max(len(s) for s in suffixes)
         ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, e in enumerate(encoded):  # left padding: every prompt ends at the last column
-            ids[row, width - len(e):] = torch.tensor(e, dtype=torch.long)
-            mask[row, width - len(e):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.zeros((len(encoded), past_width + width), dtype=torch.long)
+        positions = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, (suffix, (n, _)) in enumerate(zip(suffixes, reuse, strict=True)):
+            # left padding: every prompt ends at the last column; a reused past ends where the padding
+            # of the suffix starts (holes in the attention mask are allowed)
+            ids[row, width - len(suffix):] = torch.tensor(suffix, dtype=torch.long)
+            mask[row, past_width - n:past_width] = 1
+            mask[row, past_width + width - len(suffix):] = 1
+            positions[row, width - len(suffix):] = torch.arange(n, n + len(suffix))
+        past = self._batched_past(reuse, past_width) if past_width else {}
         generators = None  # greedy
         if self.temperature > 0:  # one generator per row: a row's draws do not depend on its batch
             generators = [torch.Generator().manual_seed(int(s) % 2**63) for s in seeds]
         rows = [[] for _ in encoded]
+        fed = [list(e) for e in encoded]  # the tokens whose keys/values end up in the cache, per row
         finished = [False] * len(encoded)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             logits_to_keep=1)
+                             logits_to_keep=1, **past)
             for _ in range(self.max_new_tokens):
                 nxt = self._choose(out.logits[:, -1, :].float(), generators)
                 for row, token in enumerate(nxt.tolist()):
@@ -195,14 +218,65 @@ class TransformersPolicy(Policy):
                         finished[row] = True
                 if all(finished):
                     break
+                for row, token in enumerate(nxt.tolist()):
+                    fed[row].append(token)
                 mask = torch.cat([mask, torch.ones((len(encoded), 1), dtype=torch.long)], dim=1)
                 positions = positions[:, -1:] + 1
-                # transformers 5.24 calls the KV cache `cache` (`past_key_values` is deprecated)
-                cache = ({"cache": out["cache"]} if "cache" in out
-                         else {"past_key_values": out["past_key_values"]})
                 out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
-                                 use_cache=True, **cache)
+                                 use_cache=True, **self._cache_of(out))
+            if self.prefix_cache:
+                self._remember(fed, mask, self._cache_of(out))
         return [self._cut(self._decode(r)) for r in rows]
+
+    # ----- prefix cache: an episode's next prompt extends its previous prompt and output --------------
+    @staticmethod
+    def _cache_of(out) -> dict:
+        # transformers 5.24 calls the KV cache `cache` (`past_key_values` is deprecated)
+        return {"cache": out["cache"]} if "cache" in out else {"past_key_values": out["past_key_values"]}
+
+    def _reusable(self, ids: list[int]) -> tuple[int, list | None]:
+        """The longest cached prefix of ``ids`` (at least one token is left to feed): (length, layers)."""
+        best, layers = 0, None
+        for cached_ids, cached_layers in self._entries:
+            n = min(len(cached_ids), len(ids) - 1)
+            common = next((i for i in range(n) if cached_ids[i] != ids[i]), n)
+            if common > best:
+                best, layers = common, cached_layers
+        return best, layers
+
+    @staticmethod
+    def _batched_past(reuse, width: int) -> dict:
+        import torch
+        from transformers import DynamicCache
+
+        n_layers = len(next(layers for _, layers in reuse if layers is not None))
+        data = []
+        for layer in range(n_layers):
+            keys, values = [], []
+            for n, layers in reuse:
+                if layers is None:
+                    ref = next(lay for _, lay in reuse if lay is not None)[layer][0]
+                    k = v = ref.new_zeros((ref.shape[0], width, ref.shape[2]))
+                else:
+                    k, v = layers[layer][0][:, :n], layers[layer][1][:, :n]
+                    pad = k.new_zeros((k.shape[0], width - n, k.shape[2]))
+                    k, v = torch.cat([pad, k], dim=1), torch.cat([pad, v], dim=1)
+                keys.append(k)
+                values.append(v)
+            data.append((torch.stack(keys), torch.stack(values)))
+        return {"cache": DynamicCache(ddp_cache_data=data)}
+
+    def _remember(self, fed: list[list[int]], mask, cache: dict) -> None:
+        """Keep each row's keys/values (its unmasked positions) for the next call; drop older entries."""
+        cache = next(iter(cache.values()))
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        entries = []
+        for row, ids in enumerate(fed):
+            keep = mask[row].bool()
+            if int(keep.sum()) != len(ids):  # cannot happen; never reuse a cache we cannot account for
+                continue
+            entries.append((ids, [(k[row][:, keep].clone(), v[row][:, keep].clone()) for k, v in layers]))
+        self._pending += entries
 
     def _choose(self, logits, generators):
         import torch

@@ -131,6 +131,26 @@ def test_batched_greedy_generation_equals_one_at_a_time(tiny):
     assert all(isinstance(t, str) for t in batched) and len({len(policy.render(c)) for c in chats}) == 3
 
 
+def test_prefix_cache_gives_the_same_outputs_and_reuses_the_history(tiny):
+    model, tok = tiny
+
+    def play(policy, steps=4):
+        chats = [_chats()[i][:2] for i in range(3)]
+        outputs = []
+        for step in range(steps):
+            outputs.append(policy.generate(chats))
+            for chat, text in zip(chats, outputs[-1], strict=True):
+                chat += [{"role": "assistant", "content": text},
+                         {"role": "user", "content": f"Observation: step {step} done."}]
+        return outputs
+
+    cached = TransformersPolicy(model, tok, max_new_tokens=20, stop=())
+    fresh = TransformersPolicy(model, tok, max_new_tokens=20, stop=(), prefix_cache=False)
+    assert play(cached) == play(fresh)
+    assert fresh.stats["reused_tokens"] == 0
+    assert cached.stats["reused_tokens"] > 0.5 * cached.stats["prompt_tokens"]
+
+
 def test_sampling_is_seeded_per_request_not_per_batch(tiny):
     model, tok = tiny
     policy = TransformersPolicy(model, tok, max_new_tokens=16, temperature=1.0, stop=())
