@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from refinelib import evaluate
+from refinelib.envs import registry
 from refinelib.episodes import Episode, EpisodeLog
 from refinelib.metrics import KEY_COLUMNS, normalized_action, summarize
 from refinelib.paths import artifacts_dir
@@ -68,7 +69,7 @@ def check_models(models: Mapping[str, str | None]) -> None:
 
 
 def load_policy(name: str, folder: str | None, base_model: str = "SmolLM2-135M-Instruct",
-                max_new_tokens: int = 96, max_prompt_tokens: int | None = 1536,
+                max_new_tokens: int = 48, max_prompt_tokens: int | None = 1280,
                 batch_size: int | None = None):
     """The policy called ``name``: the base model (``folder`` None), a trained folder (notebook 03's
     ``<name>/`` with ``manifest.json`` and ``adapter/``, or a bare PEFT adapter folder), or one of
@@ -94,6 +95,13 @@ def load_policy(name: str, folder: str | None, base_model: str = "SmolLM2-135M-I
         return policy
     adapter = path / "adapter" if (path / "adapter").is_dir() else path
     return policies.TransformersPolicy.load(base_model, adapter=str(adapter), **kwargs)
+
+
+def suite_family(name: str) -> str:
+    """The environment family of the suite called ``name`` (without building the suite)."""
+    if name not in registry.SUITES:
+        raise ValueError(f"unknown suite {name!r}; known suites: {sorted(registry.SUITES)}")
+    return registry.SUITES[name].family
 
 
 def episodes_path(eval_run_id: str, name: str) -> Path:
@@ -126,11 +134,15 @@ def _check_settings(path: Path, settings: dict) -> None:
 
 def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_run_id: str = "default",
                    scale: str = "small", max_instances: int | None = None, max_steps: int = 30,
-                   perturbations: Sequence[str] = (evaluate.ORIGINAL,), batch_size: int = 16,
-                   max_new_tokens: int = 96, max_prompt_tokens: int | None = 1536,
+                   perturbations: Sequence[str] | Mapping[str, Sequence[str]] = (evaluate.ORIGINAL,),
+                   batch_size: int = 16,
+                   max_new_tokens: int = 48, max_prompt_tokens: int | None = 1280,
                    base_model: str = "SmolLM2-135M-Instruct", progress_bar: bool = True) -> list[Episode]:
     """Play model ``name`` (see :func:`load_policy`) on ``suites`` into its shared log and return the
-    episodes; the model is loaded only when some episode is not logged yet.
+    episodes; the model is loaded (once) only when some episode is not logged yet.
+
+    ``perturbations`` is a list of rules for every suite, or ``{suite: rules}`` when the families differ
+    (a suite missing from the mapping is played with the original prompt only).
 
     Raises ValueError when the log holds episodes played with other settings (see the module docstring).
     """
@@ -141,16 +153,21 @@ def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_ru
     if folder in BASELINES:  # generation settings do not apply to them
         settings = {k: settings[k] for k in ("model", "scale", "max_steps")}
     _check_settings(path, settings)
-    jobs = evaluate.jobs_for(suites, scale, max_instances=max_instances, perturbations=perturbations)
+    if isinstance(perturbations, Mapping):
+        groups = [([s], tuple(perturbations.get(s, (evaluate.ORIGINAL,)))) for s in suites]
+    else:
+        groups = [(list(suites), tuple(perturbations))]
+    jobs = [evaluate.jobs_for(s, scale, max_instances=max_instances, perturbations=p) for s, p in groups]
     logged = {e.key: e for e in EpisodeLog(path).read()}
-    if all(j.key(name) in logged for j in jobs):
-        return [logged[j.key(name)] for j in jobs]
+    if all(j.key(name) in logged for group in jobs for j in group):
+        return [logged[j.key(name)] for group in jobs for j in group]
     policy = load_policy(name, folder, base_model, max_new_tokens, max_prompt_tokens)
     policy.name = name
     try:
-        return evaluate.run(policy, suites, scale, max_steps=max_steps, log_path=path, batch_size=batch_size,
-                            max_instances=max_instances, progress_bar=progress_bar,
-                            perturbations=perturbations)
+        return [e for s, p in groups
+                for e in evaluate.run(policy, s, scale, max_steps=max_steps, log_path=path,
+                                      batch_size=batch_size, max_instances=max_instances,
+                                      progress_bar=progress_bar, perturbations=p)]
     finally:
         policy.close()
 
@@ -251,7 +268,7 @@ def memorised_format_steps(episode: Episode) -> list[int]:
 
 
 def repeated_failed_actions(episode: Episode, min_repeats: int = MIN_REPEATS) -> dict[str, list[int]]:
-    """``{action: steps}`` for every well-formed action the environment rejected ``min_repeats``+ times."""
+    """``{action: steps}`` per well-formed action the environment rejected ``min_repeats`` or more times."""
     steps: dict[str, list[int]] = {}
     for t, turn in enumerate(episode.turns):
         action = normalized_action(turn)
@@ -371,6 +388,21 @@ def paper_main_table() -> pd.DataFrame:
              "held_in": s.endswith("*")}
             for name, cells in _cells(_PAPER_MAIN) for task, (s, p) in zip(_PAPER_TASKS, cells, strict=True)]
     out = pd.DataFrame(rows)
+    out.attrs["source"] = PAPER_SOURCE_MAIN
+    return out
+
+
+def paper_wide(models: Sequence[str] | None = None) -> pd.DataFrame:
+    """:func:`paper_main_table` as printed: ``S / P`` cells, ``*`` held-in, the five-task mean last;
+    ``models`` picks and orders rows (default: all). Labelled in ``attrs["source"]``."""
+    table = paper_main_table()
+    cells = table.assign(cell=[("-" if pd.isna(s) else f"{s:.1f} / {p:.1f}{'*' if h else ''}") for s, p, h in
+                               zip(table.success_rate, table.progress_rate, table.held_in, strict=True)])
+    out = cells.pivot(index="model", columns="task", values="cell")[list(_PAPER_TASKS)]
+    means = table.groupby("model")[["success_rate", "progress_rate"]].mean()  # NaN cells skipped
+    out["five-task mean"] = [f"{means.success_rate[m]:.1f} / {means.progress_rate[m]:.1f}" for m in out.index]
+    out = out.loc[list(models) if models is not None else list(dict.fromkeys(table.model))]
+    out.columns.name = None
     out.attrs["source"] = PAPER_SOURCE_MAIN
     return out
 

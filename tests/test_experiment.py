@@ -41,6 +41,16 @@ def test_shared_log_is_reused_across_calls_and_models_get_their_own_file(artifac
     assert experiment.episodes_path("r", "random").is_file()
 
 
+def test_per_suite_perturbations_play_each_suite_with_its_own_rules(artifacts):
+    rules = {"household_held_in": ["none", "R1"], "pddl": ["none", "R3"]}
+    episodes = experiment.evaluate_model("random", "random", ["household_held_in", "pddl", "babyai"],
+                                         eval_run_id="p", max_instances=1, max_steps=2, perturbations=rules,
+                                         progress_bar=False)
+    assert [(e.suite, e.perturbation) for e in episodes] == [
+        ("household_held_in", "none"), ("household_held_in", "perturb-v1:R1"), ("pddl", "none"),
+        ("pddl", "perturb-v1:R3"), ("babyai", "none")]
+
+
 def test_other_settings_under_the_same_run_id_are_an_error_naming_the_field(artifacts):
     kw = dict(eval_run_id="r", max_instances=1, progress_bar=False)
     experiment.evaluate_model("random", "random", ["pddl"], max_steps=5, **kw)
@@ -139,6 +149,10 @@ def test_paper_tables_are_labelled_and_reproduce_the_papers_averages():
     flan = main[main.model == "Agent-FLAN (L3-8B)"].set_index("task").held_in
     assert flan["ALFWorld"] and not flan.drop("ALFWorld").any()
     assert main[(main.model == "AgentGen (L3-8B)") & (main.task == "SciWorld")].success_rate.isna().all()
+    shown = experiment.paper_wide(["Agent-FLAN (L3-8B)", "AgentRefine (L3-8B)"])
+    assert shown.loc["Agent-FLAN (L3-8B)", "ALFWorld"] == "67.2 / 79.7*"
+    assert shown.loc["AgentRefine (L3-8B)", "five-task mean"] == "24.7 / 45.4"  # method.md §15.1
+    assert "paper" in shown.attrs["source"]
     rob = experiment.paper_robustness_table()
     assert "paper" in rob.attrs["source"]
     settings = ["original", "P1", "P2", "P3", "P4", "P5"]
