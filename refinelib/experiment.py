@@ -94,6 +94,9 @@ def load_policy(name: str, folder: str | None, base_model: str = "SmolLM2-135M-I
         policy.name = name  # the log key is the model's name, whatever class built it
         return policy
     adapter = path / "adapter" if (path / "adapter").is_dir() else path
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no finished model (no manifest.json, adapter/ or "
+                                "adapter_config.json): run notebook 03_tuning to the end")
     return policies.TransformersPolicy.load(base_model, adapter=str(adapter), **kwargs)
 
 

@@ -81,6 +81,31 @@ def test_a_trained_folder_is_loaded_with_its_adapter_and_named_by_the_model(tmp_
     assert policy.name == "expert_only" and policy.max_new_tokens == 4
     assert not hasattr(policy.model, "peft_config")  # merged for speed
     assert len(policy.generate([[{"role": "user", "content": "hi"}]])) == 1
+    (tmp_path / "unfinished" / "checkpoint-1").mkdir(parents=True)  # a training that never finished
+    with pytest.raises(FileNotFoundError, match="unfinished holds no finished model"):
+        experiment.load_policy("refine", str(tmp_path / "unfinished"))
+
+
+def test_a_finished_training_run_is_evaluated_under_the_models_name(artifacts, tmp_path):
+    from refinelib.train import TrainConfig, train
+    from tests.tiny_model import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tiny_model(tok).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    record = {"id": "r", "conversations": [
+        {"from": "human", "loss": False, "value": "Your goal is to put a mug on the table."},
+        {"from": "gpt", "loss": True, "value": "Thought: I see it.\nAction: take mug from table"}]}
+    folder = tmp_path / "tuning" / "expert_only"
+    train(TrainConfig(base_model=str(tmp_path / "base"), train_records=[record] * 4, output_dir=str(folder),
+                      max_length=100, max_steps=1, batch_size=2, save_steps=1000, eval_steps=1000))
+    episodes = experiment.evaluate_model("expert_only", str(folder), ["pddl"], eval_run_id="t",
+                                         max_instances=1, max_steps=1, max_new_tokens=4, max_prompt_tokens=90,
+                                         base_model=str(tmp_path / "base"), progress_bar=False)
+    assert [e.policy for e in episodes] == ["expert_only"] and len(episodes[0].turns) == 1
+    sidecar_path = experiment.episodes_path("t", "expert_only").with_suffix(".settings.json")
+    sidecar = json.loads(sidecar_path.read_text())
+    assert sidecar["model"] == str(folder) and sidecar["model_identity"]  # retraining is told apart
 
 
 def test_main_table_marks_held_in_cells_only_for_memorising_models_and_gives_cis():
