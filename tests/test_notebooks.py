@@ -87,6 +87,25 @@ def test_profile_parameters(tmp_path):
         runbook.profile_parameters(Path("00_x.ipynb"), "gpu", tmp_path)
 
 
+def test_every_profile_sets_only_parameters_its_notebook_has():
+    import ast
+
+    import yaml
+
+    names = {}
+    for path in NOTEBOOKS:
+        cell = next(c for c in nbformat.read(path, as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        names[path.stem] = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                            for t in node.targets if isinstance(t, ast.Name)}
+    files = [f for f in (ROOT / "configs").glob("*/*.yaml") if f.parent.name != "accelerate"]
+    assert any(f.parent.name == "paper" for f in files)
+    for f in files:
+        assert f.stem in names, f"{f}: no notebook called {f.stem}"
+        unknown = set(yaml.safe_load(f.read_text()) or {}) - names[f.stem]
+        assert not unknown, f"{f}: not parameters of {f.stem}: {sorted(unknown)}"
+
+
 # ------------------------------------------------------------------------------------- the book
 
 
