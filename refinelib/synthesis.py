@@ -66,6 +66,7 @@ class SynthesisConfig:
     script_attempts: int = 3        # LLM: script generations per candidate
     trajectory_attempts: int = 4    # LLM: trajectory generations (first + regenerations) per script
     personas: str = "generated"     # "generated" (refinelib.personas) or a Persona Hub persona.jsonl path
+    llm_thoughts: bool = False      # grounded teachers: an LLM writes the Player's thoughts (needs a client)
 
     def __post_init__(self) -> None:
         if self.teacher not in TEACHERS:
@@ -86,7 +87,7 @@ class SynthesisConfig:
     def identity(self, llm: Mapping | None) -> dict:
         """The fields a sample depends on: a re-run into the same folder must match them."""
         out = {k: v for k, v in asdict(self).items() if k not in ("n", "max_candidates")}
-        if self.teacher != "grounded":
+        if self.teacher != "grounded" or self.llm_thoughts:
             out["llm"] = dict(llm or {})
         return out
 
@@ -125,7 +126,8 @@ class Sample:
         return {"source": self.teacher, "theme": self.theme, "persona": self.persona,
                 "error_kinds": self.error_kinds(),
                 "templates": sorted((self.script or {}).get("Available Actions", {})),
-                "attempts": len(self.verdicts)}
+                "attempts": len(self.verdicts),
+                "thoughts": self.usage.get("thoughts", "llm" if self.teacher == "openai" else "template")}
 
 
 @dataclass
@@ -171,8 +173,9 @@ def synthesize(config: SynthesisConfig, out_dir: str | Path, client=None,
     """
     from tqdm import tqdm
 
-    if config.teacher != "grounded" and client is None:
-        raise ValueError(f"teacher {config.teacher!r} needs an LLM client (refinelib.llm.LLMClient)")
+    if (config.teacher != "grounded" or config.llm_thoughts) and client is None:
+        what = "llm_thoughts" if config.teacher == "grounded" else f"teacher {config.teacher!r}"
+        raise ValueError(f"{what} needs an LLM client (refinelib.llm.LLMClient)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     llm_config = client.config.to_dict() if client is not None else None
@@ -233,7 +236,7 @@ def _check_same_run(out: Path, identity: dict) -> None:
 
 def _maker(config: SynthesisConfig, client) -> Callable[[int], Sample]:
     if config.teacher == "grounded":
-        return functools.partial(grounded_candidate, config)
+        return functools.partial(grounded_candidate, config, client=client if config.llm_thoughts else None)
     pool = persona_pool(config)
     make = llm_candidate if config.teacher == "openai" else executable_candidate
     return lambda index: make(config, client, pool[index % len(pool)], index, index // len(pool))
@@ -258,14 +261,20 @@ def sample_id(config: SynthesisConfig, index: int) -> str:
 # ------------------------------------------------------------------------------------- the teachers
 
 
-def grounded_candidate(config: SynthesisConfig, index: int) -> Sample:
-    """A procedurally generated script and its grounded trajectory, verified with an engine replay."""
+def grounded_candidate(config: SynthesisConfig, index: int, client=None) -> Sample:
+    """A procedurally generated script and its grounded trajectory, verified with an engine replay.
+
+    With ``client``, an LLM rewrites the Player's thoughts (:func:`llm_thoughts`).
+    """
     seed = config.seed * 1_000_003 + index
     script = themes.generate_script(seed)
-    return _grounded(config, index, script, seed, config.teacher, theme=script["Engine"]["theme"])
+    ledger = _Ledger(client) if client is not None else None
+    return _grounded(config, index, script, seed, config.teacher, theme=script["Engine"]["theme"],
+                     ledger=ledger)
 
 
-def _grounded(config, index, script, seed, source, verdicts=(), persona="", theme="", usage=None) -> Sample:
+def _grounded(config, index, script, seed, source, verdicts=(), persona="", theme="", usage=None,
+              ledger=None) -> Sample:
     sid = sample_id(config, index)
     try:
         trajectory = teacher.grounded_trajectory(script, seed, config.error_rate, config.min_errors)
@@ -273,6 +282,10 @@ def _grounded(config, index, script, seed, source, verdicts=(), persona="", them
         verdict = Verdict(False, "plan_too_short", str(error), stage="script")
         return Sample(index, sid, source, False, [*verdicts, verdict.to_dict()], script, None, persona, theme,
                       usage or {})
+    thoughts = "template"
+    if ledger is not None:
+        trajectory, thoughts = llm_thoughts(ledger, script, trajectory)
+        usage = {**ledger.usage, "thoughts": thoughts}
     verdict = verify(script, trajectory, config.min_errors, config.strict, goal_check=teacher.replay_check)
     return Sample(index, sid, source, verdict.ok, [*verdicts, verdict.to_dict()], script, trajectory, persona,
                   theme, usage or {})
@@ -338,6 +351,37 @@ def llm_candidate(config: SynthesisConfig, client, persona: str, index: int, rou
     except LLMError as error:
         verdicts.append(Verdict(False, "llm_error", str(error), stage="llm").to_dict())
     return done(False)
+
+
+def llm_thoughts(ledger, script: Mapping, trajectory: list) -> tuple[list, str]:
+    """The trajectory with every Player thought written by the LLM, and ``"llm"``; on any failure (an
+    endpoint error, a malformed or wrong-sized answer) the templated thoughts are kept: ``"template"``.
+
+    Only thoughts change: actions, observations and flags stay the engine's, so the trajectory still
+    verifies and replays.
+    """
+    from refinelib.llm import LLMError
+
+    players = [i for i, t in enumerate(trajectory) if t["role"] == "Player"]
+    steps = []
+    for i in players:
+        dm = trajectory[i + 1]
+        flags = [f.replace("_", " ") for f in FLAGS if dm[f]]
+        steps.append({"action": trajectory[i]["Action"], "observation": dm["Observation"],
+                      "error": ", ".join(flags)})
+    prompt = render("synth_thoughts", goal=script["Goal"], actions=list(script["Available Actions"]),
+                    steps=steps, n=len(steps))
+    try:
+        text = ledger.ask([_system(), _user(prompt)], "thoughts", 0, prompt_version("synth_thoughts"))
+    except LLMError:
+        return trajectory, "template"
+    thoughts, why = parse_json(text, list)
+    if why or len(thoughts) != len(players) or not all(isinstance(t, str) and t.strip() for t in thoughts):
+        return trajectory, "template"
+    out = [dict(t) for t in trajectory]
+    for i, thought in zip(players, thoughts, strict=True):
+        out[i]["Thought"] = thought.strip()
+    return out, "llm"
 
 
 def executable_candidate(config: SynthesisConfig, client, persona: str, index: int,

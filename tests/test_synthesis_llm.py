@@ -17,7 +17,7 @@ from fake_openai import FakeOpenAI, rate_limited, server_error, slow
 from refinelib import themes
 from refinelib.llm import LLMClient, LLMConfig
 from refinelib.synthesis import SynthesisConfig, persona_pool, synthesize
-from refinelib.teacher import grounded_trajectory
+from refinelib.teacher import grounded_trajectory, replay_check
 from refinelib.verify import FLAGS, verify
 
 SCENARIOS = ["good", "bad_script_json", "wrong_keys_then_rest", "flag_mismatch", "too_few_errors_then_good",
@@ -180,3 +180,36 @@ def test_executable_scripts_are_accepted_only_when_the_engine_solves_them(tmp_pa
     assert reasons == ["ok", "engine_unsolvable", "engine_error"]
     grounded = run.samples[0]
     assert grounded.accepted and grounded.theme and len(grounded.error_kinds()) >= 2
+
+
+def test_an_llm_writes_the_grounded_teachers_thoughts_and_the_trajectory_still_replays(tmp_path):
+    asked = collections.Counter()
+
+    def answer(request):
+        text = request["messages"][-1]["content"]
+        n = int(re.search(r"For each of the (\d+) steps", text).group(1))
+        asked["all"] += 1
+        if asked["all"] % 3 == 0:
+            return "I would rather not."  # malformed: the templated thoughts stay
+        return json.dumps([f"LLM thought {k}: the goal needs this step." for k in range(n)])
+
+    config = SynthesisConfig(n=6, seed=2, llm_thoughts=True)
+    with pytest.raises(ValueError, match="llm_thoughts"):
+        synthesize(config, tmp_path / "none", progress=False)
+    with FakeOpenAI(answer) as server:
+        llm = LLMConfig("m", base_url=server.base_url, concurrency=2)
+        run = synthesize(config, tmp_path / "run", client=LLMClient(llm, cache_dir=tmp_path / "c"),
+                         progress=False)
+        assert len(run.accepted) == 6
+        for sample in run.accepted:
+            assert replay_check(sample.script, sample.trajectory)[0]
+            thoughts = [t["Thought"] for t in sample.trajectory if t["role"] == "Player"]
+            if sample.meta()["thoughts"] == "llm":
+                assert all(t.startswith("LLM thought") for t in thoughts)
+            else:
+                assert not any(t.startswith("LLM thought") for t in thoughts)
+        assert {s.meta()["thoughts"] for s in run.accepted} == {"llm", "template"}
+        before = len(server.requests)
+        again = LLMClient(llm, cache_dir=tmp_path / "c")
+        synthesize(config, tmp_path / "again", client=again, progress=False)
+        assert len(server.requests) == before  # every answer came from the cache
