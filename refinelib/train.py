@@ -400,13 +400,15 @@ def load_trained(output_dir: str | Path, dtype=None):
 
 def _apply_lora(model, config: TrainConfig):
     """Wrap the model with LoRA adapters (peft); only the adapters train."""
-    layers = None
-    if config.lora_top_layers is not None:
+    layers, targets = None, config.lora_target_modules
+    if config.lora_top_layers:  # None or 0: every layer
         n = model.config.num_hidden_layers
         layers = list(range(max(0, n - config.lora_top_layers), n))
+        if targets == "all-linear":  # peft takes a layer subset only with explicit module names
+            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.Linear) and ".layers." in name})
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, layers_to_transform=layers,
-                      task_type="CAUSAL_LM")
+                      target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
 

@@ -304,3 +304,18 @@ def test_collator_pads_labels_with_ignore_index_and_docstrings_run():
         assert batch["labels"][row, :n].tolist() == f["labels"]
         assert (batch["labels"][row, n:] == IGNORE_INDEX).all() and batch["attention_mask"][row].sum() == n
     assert doctest.testmod(refinelib.train).failed == 0
+
+
+@pytest.mark.parametrize("top, expected_layers", [(None, {0, 1}), (0, {0, 1}), (1, {1})])
+def test_lora_top_layers_works_with_all_linear_targets(top, expected_layers):
+    from refinelib.train import _apply_lora
+
+    tok = tiny_tokenizer()
+    config = TrainConfig(train_records=[{"id": "a", "conversations": [
+        {"from": "human", "loss": False, "value": "hi"}, {"from": "gpt", "loss": True, "value": "yo"}]}],
+        lora_top_layers=top, output_dir="unused")
+    model = _apply_lora(tiny_model(tok), config)
+    names = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert {int(n.split(".layers.")[1].split(".")[0]) for n in names} == expected_layers
+    kinds = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in names}
+    assert {"q_proj", "down_proj"} <= kinds  # "all-linear" still means every projection
