@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from refinelib.chat import strip_errors
+from refinelib.experiment import model_identity  # noqa: F401 (re-exported: notebooks call it here)
 from refinelib.synthesis import digest
 
 DATA_FILE = "ablation.json"  # next to a trained variant: its config and the digest of the records it saw
@@ -125,16 +126,6 @@ def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
     train(cfg)  # resumes an interrupted identical training from its newest checkpoint
     sidecar.write_text(json.dumps({"identity": identity, "finished": True}, indent=1) + "\n")
     return out, True
-
-
-def model_identity(folder: str | Path | None) -> str | None:
-    """What tells two trainings in one folder apart (the manifest's time and data fingerprint); None for
-    the base model or a folder without a manifest."""
-    manifest = Path(folder) / "manifest.json" if folder else None
-    if manifest is None or not manifest.is_file():
-        return None
-    record = json.loads(manifest.read_text())
-    return f"{record.get('written')}/{record.get('dataset_fingerprint')}"
 
 
 def fresh_log(log_path: str | Path, settings: Mapping) -> bool:

@@ -113,8 +113,9 @@ def episodes_path(eval_run_id: str, name: str) -> Path:
     return artifacts_dir("evaluation", eval_run_id, "episodes") / f"{name}.jsonl"
 
 
-def _model_identity(folder: str | None) -> str | None:
-    """What tells two trainings in the same folder apart: the manifest's time and data fingerprint."""
+def model_identity(folder: str | Path | None) -> str | None:
+    """What tells two trainings in the same folder apart: the manifest's time and data fingerprint
+    (None for the base model, a baseline policy or a folder without a manifest)."""
     manifest = Path(folder) / "manifest.json" if folder and folder not in BASELINES else None
     if manifest is None or not manifest.is_file():
         return None
@@ -150,7 +151,7 @@ def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_ru
     Raises ValueError when the log holds episodes played with other settings (see the module docstring).
     """
     path = episodes_path(eval_run_id, name)
-    settings = {"model": folder, "model_identity": _model_identity(folder), "base_model": base_model,
+    settings = {"model": folder, "model_identity": model_identity(folder), "base_model": base_model,
                 "scale": scale, "max_steps": max_steps, "max_new_tokens": max_new_tokens,
                 "max_prompt_tokens": max_prompt_tokens, "temperature": 0.0}
     if folder in BASELINES:  # generation settings do not apply to them
