@@ -55,3 +55,43 @@ def test_book_builds_strictly_from_executed_notebooks():
     notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
     executed = [c for c in chapters if c.startswith("book/executed/")]
     assert [f"book/executed/{n}" for n in notebooks] == executed
+
+
+def test_make_book_reruns_a_changed_notebook_and_everything_downstream(tmp_path):
+    """Executed copies newer than their sources are reused; a profile parameter file re-runs its notebook
+    and the notebooks after it in the dependency order (synthesis -> tuning -> evaluations -> results)."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    for name in ("pyproject.toml", "constraints-cpu.txt", "refinelib/x.py", ".venv/bin/python"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    stems = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    for stem in stems:
+        (tmp_path / "notebooks").mkdir(exist_ok=True)
+        (tmp_path / "notebooks" / f"{stem}.ipynb").write_text("{}")
+    past = time.time() - 100
+    for path in tmp_path.rglob("*"):
+        os.utime(path, (past, past))
+    (tmp_path / ".venv" / ".installed").write_text("")
+    (tmp_path / "book" / "executed").mkdir(parents=True)
+    now = time.time()
+    for stem in stems:  # executed copies, newer than everything (one time stamp: none is behind another)
+        (tmp_path / "book" / "executed" / f"{stem}.ipynb").write_text("{}")
+        os.utime(tmp_path / "book" / "executed" / f"{stem}.ipynb", (now, now))
+
+    def reruns() -> list[str]:
+        out = subprocess.run(["make", "-n", "book"], cwd=tmp_path, capture_output=True, text=True, check=True)
+        return [line.split()[3].split("/")[-1].removesuffix(".ipynb") for line in out.stdout.splitlines()
+                if "refinelib.runbook" in line]
+
+    assert reruns() == []
+    (tmp_path / "configs" / "default").mkdir(parents=True)
+    synthesis = next(s for s in stems if s.startswith("02_"))
+    (tmp_path / "configs" / "default" / f"{synthesis}.yaml").write_text("error_rate: 0.5\n")
+    rerun = reruns()
+    assert rerun[0] == synthesis and set(rerun) == {s for s in stems if s[:2] >= "01" and s[:2] != "00"}
+    assert rerun.index(synthesis) < rerun.index(next(s for s in stems if s.startswith("03_")))
