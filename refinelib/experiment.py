@@ -11,8 +11,8 @@ same suites; they share one episode log per model, ``artifacts/evaluation/<eval_
 
 Episodes are keyed by (policy, suite, instance, seed, perturbation, sample) only, so the settings that
 change an episode (model folder, step limit, generation settings) are written next to each log in
-``<name>.settings.json``; asking for other settings under the same ``eval_run_id`` is an error rather than
-a silent mix.
+``<name>.settings.json``; asking for other settings under the same ``eval_run_id`` sets the old log aside
+(with a warning) and plays the episodes again, never a silent mix.
 
 :func:`failure_modes` finds the paper's Figure-2 failures in any episode log: the **memorised format**
 (household commands on another family, or the old command format under a household perturbation) and
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -124,16 +125,23 @@ def model_identity(folder: str | Path | None) -> str | None:
 
 
 def _check_settings(path: Path, settings: dict) -> None:
+    """Record the settings next to the log; a log played with other settings is set aside (renamed
+    ``<name>.stale-<k>.jsonl``, with a warning naming the fields) so the episodes are played again."""
     sidecar = path.with_suffix(".settings.json")
     if sidecar.is_file():
         old = json.loads(sidecar.read_text())
         changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
-        if changed:
-            diff = ", ".join(f"{k}: {old.get(k)!r} != {settings.get(k)!r}" for k in changed)
-            raise ValueError(f"{sidecar}: the episodes in {path.name} were played with other settings "
-                             f"({diff}); use another eval_run_id or delete that log")
-    else:
-        sidecar.write_text(json.dumps(settings, indent=1) + "\n")
+        if not changed:
+            return
+        k = 1 + sum(1 for _ in path.parent.glob(f"{path.stem}.stale-*.jsonl"))
+        for item in (path, sidecar):
+            if item.exists():
+                item.rename(item.with_name(f"{path.stem}.stale-{k}{''.join(item.suffixes)}"))
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        warnings.warn(f"{path.name} was played with other settings ({diff}); it is kept as "
+                      f"{path.stem}.stale-{k}.jsonl and the episodes are played again", stacklevel=3)
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    sidecar.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_run_id: str = "default",
@@ -148,7 +156,7 @@ def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_ru
     ``perturbations`` is a list of rules for every suite, or ``{suite: rules}`` when the families differ
     (a suite missing from the mapping is played with the original prompt only).
 
-    Raises ValueError when the log holds episodes played with other settings (see the module docstring).
+    A log played with other settings is set aside and played again (see the module docstring).
     """
     path = episodes_path(eval_run_id, name)
     settings = {"model": folder, "model_identity": model_identity(folder), "base_model": base_model,

@@ -51,11 +51,17 @@ def test_per_suite_perturbations_play_each_suite_with_its_own_rules(artifacts):
         ("pddl", "perturb-v1:R3"), ("babyai", "none")]
 
 
-def test_other_settings_under_the_same_run_id_are_an_error_naming_the_field(artifacts):
+def test_other_settings_under_the_same_run_id_set_the_old_log_aside_and_play_again(artifacts):
     kw = dict(eval_run_id="r", max_instances=1, progress_bar=False)
-    experiment.evaluate_model("random", "random", ["pddl"], max_steps=5, **kw)
-    with pytest.raises(ValueError, match=r"random\.settings\.json.*max_steps: 5 != 6"):
-        experiment.evaluate_model("random", "random", ["pddl"], max_steps=6, **kw)
+    first = experiment.evaluate_model("random", "random", ["pddl"], max_steps=2, **kw)
+    assert experiment.evaluate_model("random", "random", ["pddl"], max_steps=2, **kw) == first  # reused
+    with pytest.warns(UserWarning, match=r"max_steps: 2 -> 6"):
+        again = experiment.evaluate_model("random", "random", ["pddl"], max_steps=6, **kw)
+    assert len(first[0].turns) <= 2 < len(again[0].turns)  # played again with the new step limit
+    path = experiment.episodes_path("r", "random")
+    stale = path.with_name("random.stale-1.jsonl")
+    assert stale.is_file() and json.loads(stale.read_text().splitlines()[0])["instance"] == first[0].instance
+    assert json.loads(path.with_suffix(".settings.json").read_text())["max_steps"] == 6
 
 
 def test_a_missing_model_folder_says_to_run_notebook_03(artifacts):
