@@ -45,6 +45,7 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from refinelib import jsonl
 from refinelib.masking import RecordError
 from refinelib.verify import FLAGS, parse_json
 
@@ -221,18 +222,11 @@ def to_openai(record: Mapping) -> dict:
 def load_jsonl(path: str | Path) -> list[dict]:
     """Read and normalise a JSONL file of records in any accepted layout (errors name the line and id)."""
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RecordError(f"{path}:{number}: not valid JSON ({error})") from error
-            try:
-                records.append(normalize_record(obj, id=f"{Path(path).stem}-{number}"))
-            except RecordError as error:
-                raise RecordError(f"{path}:{number}: {error}") from error
+    for number, obj in jsonl.numbered(path, RecordError):
+        try:
+            records.append(normalize_record(obj, id=f"{Path(path).stem}-{number}"))
+        except RecordError as error:
+            raise RecordError(f"{path}:{number}: {error}") from error
     return records
 
 

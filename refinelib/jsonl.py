@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -27,6 +27,19 @@ def read(path: str | Path) -> tuple[list, int]:
         except json.JSONDecodeError:
             skipped += 1
     return objects, skipped
+
+
+def numbered(path: str | Path, error: type[ValueError] = ValueError) -> Iterator[tuple[int, object]]:
+    """``(line number, object)`` for every non-blank line of a JSONL input file; a line that is not JSON
+    raises one ``error`` naming ``file:line`` (input data is never skipped silently)."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as why:
+                raise error(f"{path}:{number}: not valid JSON ({why})") from None
 
 
 def append(path: str | Path, objects: Iterable) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import random
 import warnings
 from collections.abc import Sequence
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+
+from refinelib import jsonl
 
 # "persona" in persona.jsonl; "input persona" in Persona Hub's other files
 HUB_FIELDS = ("persona", "input persona")
@@ -110,24 +111,17 @@ def load_persona_hub(path: str | Path) -> list[Persona]:
         raise FileNotFoundError(f"Persona Hub file not found: {path}")
     found: dict[str, Persona] = {}
     duplicates = 0
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
-            field = next((f for f in HUB_FIELDS if isinstance(obj, dict) and f in obj), None)
-            text = obj[field].strip() if field and isinstance(obj[field], str) else ""
-            if not text:
-                what = f"field {field!r} must be a non-empty string" if field else (
-                    f"needs a non-empty string field {HUB_FIELDS[0]!r} (or {HUB_FIELDS[1]!r})")
-                raise ValueError(f"{path}:{number}: {what}")
-            if text in found:
-                duplicates += 1
-            else:
-                found[text] = _make(text, "personahub")
+    for number, obj in jsonl.numbered(path):
+        field = next((f for f in HUB_FIELDS if isinstance(obj, dict) and f in obj), None)
+        text = obj[field].strip() if field and isinstance(obj[field], str) else ""
+        if not text:
+            what = f"field {field!r} must be a non-empty string" if field else (
+                f"needs a non-empty string field {HUB_FIELDS[0]!r} (or {HUB_FIELDS[1]!r})")
+            raise ValueError(f"{path}:{number}: {what}")
+        if text in found:
+            duplicates += 1
+        else:
+            found[text] = _make(text, "personahub")
     if duplicates:
         warnings.warn(f"{path}: dropped {duplicates} duplicate persona(s); {len(found)} distinct remain",
                       stacklevel=2)
