@@ -52,15 +52,21 @@ def _jinja():
                               undefined=jinja2.StrictUndefined, autoescape=False)
 
 
+def template_version(name: str) -> str:
+    """The ``version:`` in the header of ``prompts/<name>.jinja`` ("?" when it has none)."""
+    env = _jinja()
+    match = _VERSION.search(env.loader.get_source(env, f"{name}.jinja")[0])
+    return match.group(1) if match else "?"
+
+
+def render_template(name: str, **variables) -> str:
+    """Render ``prompts/<name>.jinja`` (strict: a missing variable is an error)."""
+    return _jinja().get_template(f"{name}.jinja").render(**variables).strip()
+
+
 def prompt_version(family: str) -> str:
     """The instruction's version, e.g. ``"pddl-1+base-1"``: bumped in the template on any change."""
-    env = _jinja()
-    versions = []
-    for name in (f"agent_{family}.jinja", "agent_base.jinja"):
-        source = env.loader.get_source(env, name)[0]
-        match = _VERSION.search(source)
-        versions.append(match.group(1) if match else "?")
-    return f"{family}-{versions[0]}+base-{versions[1]}"
+    return f"{family}-{template_version(f'agent_{family}')}+base-{template_version('agent_base')}"
 
 
 def instruction(family: str, task: str = "", max_steps: int = MAX_STEPS,

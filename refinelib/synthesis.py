@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refinelib import chat, jsonl, teacher, themes
+from refinelib import agent, chat, jsonl, teacher, themes
 from refinelib.paths import write_atomic
 from refinelib.verify import FLAGS, REASONS, Verdict, check_script, parse_json, verify
 from refinelib.world import World
@@ -215,10 +215,9 @@ def load_run(out_dir: str | Path) -> SynthesisRun:
         raise FileNotFoundError(f"{out / CONFIG_FILE}: not a synthesis run folder (run synthesize first)")
     saved = json.loads((out / CONFIG_FILE).read_text())
     saved.pop("llm", None)
-    config = SynthesisConfig(**saved, n=saved.get("n", 1))
     objects, skipped = jsonl.read(out / SAMPLES_FILE)
     samples = sorted((Sample(**o) for o in objects), key=lambda s: s.index)
-    config.n = max(1, sum(s.accepted for s in samples))
+    config = SynthesisConfig(**saved, n=max(1, sum(s.accepted for s in samples)))
     return SynthesisRun(config, samples, out, skipped)
 
 
@@ -452,21 +451,12 @@ def _example_script() -> dict:
 
 def render(name: str, **variables: Any) -> str:
     """Render ``prompts/<name>.jinja`` (strict: a missing variable is an error)."""
-    from refinelib.agent import _jinja
-
-    return _jinja().get_template(f"{name}.jinja").render(**variables).strip()
+    return agent.render_template(name, **variables)
 
 
 def prompt_version(*names: str) -> str:
     """E.g. ``"synth_script-1"``: the templates' version headers (part of a request's cache key)."""
-    from refinelib.agent import _VERSION, _jinja
-
-    env = _jinja()
-    parts = []
-    for name in names:
-        match = _VERSION.search(env.loader.get_source(env, f"{name}.jinja")[0])
-        parts.append(f"{name}-{match.group(1) if match else '?'}")
-    return "+".join(parts)
+    return "+".join(f"{name}-{agent.template_version(name)}" for name in names)
 
 
 def _system() -> dict:
