@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# moved to refinelib.runs (with the lock and run identities); kept here so existing imports work
+from refinelib.runs import write_atomic as write_atomic
+
 
 def cache_dir(*parts: str) -> Path:
     """Directory for regenerable data (generated games, problems, converted models).
@@ -14,16 +17,6 @@ def cache_dir(*parts: str) -> Path:
     root = Path(os.environ.get("REFINELIB_CACHE", Path.home() / ".cache" / "refinelib"))
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and a rename: readers (and parallel workers)
-    never see half a file, and a killed writer leaves the old file or none."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
     return path
 
 
