@@ -15,7 +15,11 @@ and go through the same verifier (:func:`refinelib.verify.verify`):
 
 Runs are resumable: every finished candidate is one line of ``samples.jsonl`` (append-only), candidates
 are deterministic per index (seeded; LLM answers come from the cache on a re-run), and a re-run skips
-the indices already there, so a killed run continues to exactly the data an uninterrupted run makes::
+the indices already judged, so a killed run continues to exactly the data an uninterrupted run makes.
+Only verdicts about content are final: a candidate whose request failed at the endpoint (``llm_error``:
+a 429 storm, a quota, a timeout) is *transient*; a re-run makes it again (its cached answers replay, the
+failed request is asked again) and its new line replaces the old one. Transient failures are not
+rejections: :func:`summary` reports them apart and leaves them out of the yield::
 
     run = synthesize(SynthesisConfig(n=200), "artifacts/synthesis/default/samples")
     records, meta = run.records()          # released-schema chat records + per-id metadata
@@ -27,6 +31,7 @@ import functools
 import hashlib
 import json
 import random
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,11 +50,15 @@ SYSTEM = "You are a careful designer of text-based environments and interactions
 # Verdict reasons of the synthesis stages (verify.REASONS has the verifier's own).
 STAGE_REASONS = {
     "llm_error": "the endpoint failed after its retries (the request is not cached; a re-run tries again)",
+    "truncated": "the answer was cut at max_tokens before it was complete (raise LLMConfig.max_tokens)",
     "engine_error": "the executable script does not load in the world engine",
     "engine_unsolvable": "the planner finds no plan for the executable script",
     "plan_too_short": "the plan has too few steps to hold the required error->refinement episodes",
 }
 REASON_TEXT = {**REASONS, **STAGE_REASONS}
+# Verdicts about the endpoint, not the content: the candidate is made again by a re-run.
+TRANSIENT_REASONS = frozenset({"llm_error"})
+OUTAGE_AFTER = 4  # consecutive transient failures (at least one wave) that stop a run early
 
 
 @dataclass
@@ -69,16 +78,30 @@ class SynthesisConfig:
     llm_thoughts: bool = False      # grounded teachers: an LLM writes the Player's thoughts (needs a client)
 
     def __post_init__(self) -> None:
+        def integer(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
         if self.teacher not in TEACHERS:
             raise ValueError(f"SynthesisConfig.teacher: {self.teacher!r} is not one of {TEACHERS}")
         for name in ("n", "min_errors", "script_attempts", "trajectory_attempts"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if not integer(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"SynthesisConfig.{name} must be a positive integer, "
                                  f"got {getattr(self, name)!r}")
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"SynthesisConfig.error_rate must be in [0, 1], got {self.error_rate!r}")
-        if self.max_candidates < 0:
-            raise ValueError(f"SynthesisConfig.max_candidates must be >= 0, got {self.max_candidates!r}")
+        if not integer(self.seed):
+            raise ValueError(f"SynthesisConfig.seed must be an integer, got {self.seed!r}")
+        if isinstance(self.error_rate, bool) or not isinstance(self.error_rate, int | float) \
+                or not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"SynthesisConfig.error_rate must be a number in [0, 1], "
+                             f"got {self.error_rate!r}")
+        if not integer(self.max_candidates) or self.max_candidates < 0:
+            raise ValueError(f"SynthesisConfig.max_candidates must be an integer >= 0, "
+                             f"got {self.max_candidates!r}")
+        for name in ("strict", "llm_thoughts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SynthesisConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.personas, str) or not self.personas.strip():
+            raise ValueError(f"SynthesisConfig.personas must be 'generated' or the path of a Persona Hub "
+                             f"persona.jsonl, got {self.personas!r}")
 
     @property
     def candidates(self) -> int:
@@ -111,6 +134,18 @@ class Sample:
     def verdict(self) -> Verdict:
         return Verdict.from_dict(self.verdicts[-1])
 
+    @property
+    def transient(self) -> bool:
+        """Rejected because the endpoint failed (``llm_error``), not for its content: not a rejection."""
+        last = self.verdicts[-1] if self.verdicts else {}
+        return not self.accepted and last.get("reason") in TRANSIENT_REASONS
+
+    @property
+    def retry(self) -> bool:
+        """A re-run makes this candidate again: it is transient, or an LLM request inside it failed and a
+        fallback was used (the grounded teacher's templated thoughts after an ``llm_thoughts`` error)."""
+        return self.transient or bool(self.usage.get("llm_errors"))
+
     def error_kinds(self) -> list[str]:
         """The kind of every erroneous Player turn (the DM turn's first set flag)."""
         turns = self.trajectory or []
@@ -138,6 +173,11 @@ class SynthesisRun:
     samples: list[Sample]
     path: Path
     skipped_lines: int = 0  # sample lines cut by a kill (re-made by the run)
+
+    @property
+    def transient(self) -> list[Sample]:
+        """Candidates that failed at the endpoint (a re-run makes them again); not counted as rejections."""
+        return [s for s in self.samples if s.transient]
 
     @property
     def accepted(self) -> list[Sample]:
@@ -168,21 +208,35 @@ def synthesize(config: SynthesisConfig, out_dir: str | Path, client=None,
         client: a :class:`refinelib.llm.LLMClient` (required for the ``openai*`` teachers).
         progress: show a tqdm bar over accepted trajectories.
 
+    Candidates already judged are kept; transient ones (:attr:`Sample.retry`) are made again, lowest index
+    first, so the run ends with the data an uninterrupted run without endpoint failures makes. When a whole
+    wave (and at least ``OUTAGE_AFTER`` candidates in a row) fails at the endpoint, the run stops early
+    with a warning (an outage would otherwise fail the whole candidate budget); a re-run continues it.
+
     Raises:
-        ValueError: ``out_dir`` holds a run with a different config (one message naming the fields).
+        ValueError: a bad argument (naming it), a Persona Hub file that is missing or empty, a
+            ``samples.jsonl`` line that is not a sample (naming ``file:line``), or ``out_dir`` holding a
+            run with a different config (one message naming the fields); all before any candidate is made.
     """
     from tqdm import tqdm
 
+    if not isinstance(config, SynthesisConfig):
+        raise ValueError(f"synthesize: config must be a SynthesisConfig, got {type(config).__name__}")
     if (config.teacher != "grounded" or config.llm_thoughts) and client is None:
         what = "llm_thoughts" if config.teacher == "grounded" else f"teacher {config.teacher!r}"
         raise ValueError(f"{what} needs an LLM client (refinelib.llm.LLMClient)")
+    if client is not None and not (callable(getattr(client, "complete", None)) and hasattr(client, "config")):
+        raise ValueError(f"synthesize: client must be a refinelib.llm.LLMClient, got {type(client).__name__}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"synthesize: out_dir {out} is a file, not a run folder")
+    make = _maker(config, client)  # reads and checks a Persona Hub file before anything is written
     out.mkdir(parents=True, exist_ok=True)
     llm_config = client.config.to_dict() if client is not None else None
     _check_same_run(out, config.identity(llm_config))
-    objects, skipped = jsonl.read(out / SAMPLES_FILE)
-    done = {o["index"]: Sample(**o) for o in objects}
-    make = _maker(config, client)
+    done, skipped = read_samples(out / SAMPLES_FILE)
+    retry = {i for i, s in done.items() if s.retry}  # made again below; their old lines are superseded
+    last_retry = max(retry, default=-1)
     workers = client.config.concurrency if client is not None else 1
 
     def accepted_count() -> int:
@@ -190,12 +244,14 @@ def synthesize(config: SynthesisConfig, out_dir: str | Path, client=None,
 
     bar = tqdm(total=config.n, initial=min(accepted_count(), config.n), desc=f"accepted ({config.teacher})",
                disable=not progress)
-    index = 0
+    index = failing = 0  # failing: consecutive transient failures (an outage)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        while accepted_count() < config.n and index < config.candidates:
-            wave = []  # the next `workers` indices not yet done
+        # Past n accepted, earlier transient indices are still made: one of them may be accepted and take
+        # its place among the first n (the dataset is the first n accepted by index).
+        while (accepted_count() < config.n or index <= last_retry) and index < config.candidates:
+            wave = []  # the next `workers` indices not yet judged
             while len(wave) < workers and index < config.candidates:
-                if index not in done:
+                if index not in done or index in retry:
                     wave.append(index)
                 index += 1
             if not wave:
@@ -203,9 +259,39 @@ def synthesize(config: SynthesisConfig, out_dir: str | Path, client=None,
             for sample in pool.map(make, wave):  # in index order
                 jsonl.append(out / SAMPLES_FILE, [asdict(sample)])
                 done[sample.index] = sample
+                retry.discard(sample.index)
+                failing = failing + 1 if sample.transient else 0
             bar.update(min(accepted_count(), config.n) - bar.n)
+            if failing >= max(workers, OUTAGE_AFTER):
+                warnings.warn(f"synthesis stopped: the last {failing} candidates failed at the endpoint "
+                              f"({sample.verdicts[-1]['detail'][:200]}); re-run to continue", stacklevel=2)
+                break
     bar.close()
     return SynthesisRun(config, [done[i] for i in sorted(done)], out, skipped)
+
+
+def read_samples(path: str | Path) -> tuple[dict[int, Sample], int]:
+    """``({index: Sample}, skipped)`` from a ``samples.jsonl``; a later line of an index replaces an earlier
+    one (a transient candidate made again). Lines cut by a kill are skipped and counted.
+
+    Raises:
+        ValueError: naming ``file:line`` for a complete line that is not a sample.
+    """
+    numbered, skipped = jsonl.read_numbered(path)
+    done: dict[int, Sample] = {}
+    for number, obj in numbered:
+        try:
+            if not isinstance(obj, dict):
+                raise TypeError(f"a JSON {type(obj).__name__}, not an object")
+            sample = Sample(**obj)
+            if isinstance(sample.index, bool) or not isinstance(sample.index, int) or sample.index < 0:
+                raise TypeError(f"'index' is {sample.index!r}, not an integer >= 0")
+            if not isinstance(sample.verdicts, list) or not all(isinstance(v, dict) for v in sample.verdicts):
+                raise TypeError("'verdicts' is not a list of objects")
+        except TypeError as error:
+            raise ValueError(f"{path}:{number}: not a synthesis sample ({error})") from None
+        done[sample.index] = sample
+    return done, skipped
 
 
 def load_run(out_dir: str | Path) -> SynthesisRun:
@@ -215,8 +301,8 @@ def load_run(out_dir: str | Path) -> SynthesisRun:
         raise FileNotFoundError(f"{out / CONFIG_FILE}: not a synthesis run folder (run synthesize first)")
     saved = json.loads((out / CONFIG_FILE).read_text())
     saved.pop("llm", None)
-    objects, skipped = jsonl.read(out / SAMPLES_FILE)
-    samples = sorted((Sample(**o) for o in objects), key=lambda s: s.index)
+    done, skipped = read_samples(out / SAMPLES_FILE)
+    samples = [done[i] for i in sorted(done)]
     config = SynthesisConfig(**saved, n=max(1, sum(s.accepted for s in samples)))
     return SynthesisRun(config, samples, out, skipped)
 
@@ -297,12 +383,31 @@ class _Ledger:
         self.client, self.usage = client, {"calls": 0, "cache_hits": 0, "prompt_tokens": 0,
                                            "completion_tokens": 0}
 
-    def ask(self, messages: list[dict], stage: str, sample: int, version: str) -> str:
-        reply = self.client.complete(messages, stage=stage, sample=sample, prompt_version=version)
+    def ask(self, messages: list[dict], stage: str, sample: int, version: str):
+        """The :class:`refinelib.llm.Completion`; an LLMError is counted (``llm_errors``) and re-raised."""
+        from refinelib.llm import LLMError
+
+        try:
+            reply = self.client.complete(messages, stage=stage, sample=sample, prompt_version=version)
+        except LLMError:
+            self.usage["llm_errors"] = self.usage.get("llm_errors", 0) + 1
+            raise
         self.usage["cache_hits" if reply.cached else "calls"] += 1
         self.usage["prompt_tokens"] += reply.prompt_tokens
         self.usage["completion_tokens"] += reply.completion_tokens
-        return reply.text
+        return reply
+
+
+def _truncated(reply, what: str, verdict: Verdict | None = None) -> Verdict | None:
+    """A ``truncated`` verdict when ``reply`` stopped at max_tokens (else None): a cut answer fails to parse
+    or verify because it is incomplete, and saying so points at the fix (a larger ``max_tokens``)."""
+    if reply.finish_reason != "length":
+        return None
+    why = f" ({verdict.reason}: {verdict.detail})" if verdict is not None else ""
+    return Verdict(False, "truncated", f"{what}: the answer stopped at max_tokens after "
+                   f"{reply.completion_tokens} tokens{why}",
+                   verdict.verified_prefix if verdict is not None else 0,
+                   stage=verdict.stage if verdict is not None else "script")
 
 
 def llm_candidate(config: SynthesisConfig, client, persona: str, index: int, round_: int = 0) -> Sample:
@@ -318,10 +423,10 @@ def llm_candidate(config: SynthesisConfig, client, persona: str, index: int, rou
     try:
         for s_try in range(config.script_attempts):
             prompt = [_system(), _user(render("synth_script", persona=persona))]
-            text = ledger.ask(prompt, "script", round_ * 100 + s_try, prompt_version("synth_script"))
-            script, why = parse_json(text, dict)
-            verdict = Verdict(False, "json_error", f"script: {why}", stage="script") if why else \
-                check_script(script)
+            reply = ledger.ask(prompt, "script", round_ * 100 + s_try, prompt_version("synth_script"))
+            script, why = parse_json(reply.text, dict)
+            verdict = check_script(script) if not why else _truncated(reply, "script") or \
+                Verdict(False, "json_error", f"script: {why}", stage="script")
             if not verdict.ok:
                 verdicts.append(verdict.to_dict())
                 continue
@@ -331,11 +436,14 @@ def llm_candidate(config: SynthesisConfig, client, persona: str, index: int, rou
             messages, prefix = base, []
             for t_try in range(config.trajectory_attempts):
                 stage = "trajectory" if t_try == 0 else "regeneration"
-                text = ledger.ask(messages, stage, round_ * 100 + s_try * 10 + t_try,
-                                  prompt_version("synth_trajectory", "synth_continue"))
+                reply = ledger.ask(messages, stage, round_ * 100 + s_try * 10 + t_try,
+                                   prompt_version("synth_trajectory", "synth_continue"))
+                text = reply.text
                 turns = _turns(text)
                 trajectory = prefix + turns if turns is not None else text
                 verdict = verify(script, trajectory, config.min_errors, config.strict)
+                if not verdict.ok:
+                    verdict = _truncated(reply, "trajectory", verdict) or verdict
                 verdicts.append(verdict.to_dict())
                 if verdict.ok:
                     return done(True)
@@ -371,8 +479,8 @@ def llm_thoughts(ledger, script: Mapping, trajectory: list) -> tuple[list, str]:
     prompt = render("synth_thoughts", goal=script["Goal"], actions=list(script["Available Actions"]),
                     steps=steps, n=len(steps))
     try:
-        text = ledger.ask([_system(), _user(prompt)], "thoughts", 0, prompt_version("synth_thoughts"))
-    except LLMError:
+        text = ledger.ask([_system(), _user(prompt)], "thoughts", 0, prompt_version("synth_thoughts")).text
+    except LLMError:  # counted in ledger.usage["llm_errors"]: a re-run asks again (Sample.retry)
         return trajectory, "template"
     thoughts, why = parse_json(text, list)
     if why or len(thoughts) != len(players) or not all(isinstance(t, str) and t.strip() for t in thoughts):
@@ -394,9 +502,11 @@ def executable_candidate(config: SynthesisConfig, client, persona: str, index: i
     try:
         for s_try in range(config.script_attempts):
             prompt = [_system(), _user(render("synth_engine_script", persona=persona, example=example))]
-            text = ledger.ask(prompt, "engine_script", round_ * 100 + s_try,
-                              prompt_version("synth_engine_script"))
-            script, verdict = _load_executable(text)
+            reply = ledger.ask(prompt, "engine_script", round_ * 100 + s_try,
+                               prompt_version("synth_engine_script"))
+            script, verdict = _load_executable(reply.text)
+            if verdict is not None and verdict.reason == "json_error":
+                verdict = _truncated(reply, "script") or verdict
             if verdict is None:
                 seed = config.seed * 1_000_003 + index
                 return _grounded(config, index, script, seed, config.teacher, verdicts, persona,
@@ -471,13 +581,19 @@ def _user(text: str) -> dict:
 
 
 def summary(run: SynthesisRun) -> dict:
-    """Headline numbers: candidates, accepted, yield, attempts per accepted sample, tokens (LLM)."""
+    """Headline numbers: candidates judged, accepted, yield, attempts per candidate, tokens (LLM).
+
+    ``candidates`` and ``yield`` count only candidates with a verdict about their content; those that
+    failed at the endpoint are ``transient`` (a re-run makes them again), never rejections.
+    """
     samples = run.samples
-    accepted = [s for s in samples if s.accepted]
+    judged = [s for s in samples if not s.transient]
+    accepted = [s for s in judged if s.accepted]
     tokens = sum(s.usage.get("prompt_tokens", 0) + s.usage.get("completion_tokens", 0) for s in samples)
-    return {"teacher": run.config.teacher, "candidates": len(samples), "accepted": len(accepted),
-            "yield": len(accepted) / max(len(samples), 1),
-            "attempts_per_candidate": sum(len(s.verdicts) for s in samples) / max(len(samples), 1),
+    return {"teacher": run.config.teacher, "candidates": len(judged), "accepted": len(accepted),
+            "transient": len(samples) - len(judged),
+            "yield": len(accepted) / max(len(judged), 1),
+            "attempts_per_candidate": sum(len(s.verdicts) for s in judged) / max(len(judged), 1),
             "tokens": tokens, "tokens_per_accepted": tokens / max(len(accepted), 1),
             "llm_calls": sum(s.usage.get("calls", 0) for s in samples)}
 

@@ -28,6 +28,7 @@ answer (completion).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -149,7 +150,10 @@ class FakeOpenAI:
             return fault.status, dict(fault.headers), _error(message, kind)
         if answer is None:  # a slow answer from the queue: its content, else the responder's
             answer = fault.content if fault.content is not None else self.responder(body)
-        content = str(answer)
+        content, finish = str(answer), "stop"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and words(content) > limit:  # cut at max_tokens, as a real server does
+            content, finish = content[: [m.end() for m in re.finditer(r"\S+", content)][limit - 1]], "length"
         prompt = sum(words(m.get("content", "")) for m in body.get("messages", []))
         payload = {
             "id": f"chatcmpl-fake-{len(self.requests)}",
@@ -157,7 +161,7 @@ class FakeOpenAI:
             "created": int(time.time()),
             "model": body.get("model", "fake-model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": "stop"}],
+                         "logprobs": None, "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": words(content),
                       "total_tokens": prompt + words(content)},
         }

@@ -12,11 +12,11 @@ import json
 import re
 
 import pytest
-from fake_openai import FakeOpenAI, rate_limited, server_error, slow
+from fake_openai import FakeOpenAI, rate_limited, server_error, slow, words
 
 from refinelib import themes
 from refinelib.llm import LLMClient, LLMConfig
-from refinelib.synthesis import SynthesisConfig, persona_pool, synthesize
+from refinelib.synthesis import SynthesisConfig, load_run, persona_pool, summary, synthesize
 from refinelib.teacher import grounded_trajectory, replay_check
 from refinelib.verify import FLAGS, verify
 
@@ -135,22 +135,34 @@ def test_only_valid_trajectories_are_accepted_and_every_rejection_has_its_reason
     assert {"script", "trajectory", "regeneration"} <= set(table.index)
 
 
-def test_a_second_run_on_the_same_cache_makes_no_calls(setup):
+def test_a_second_run_retries_only_the_candidate_that_failed_at_the_endpoint(setup):
     config, teacher, server, llm, tmp = setup
     first = synthesize(config, tmp / "run", client=LLMClient(llm, cache_dir=tmp / "cache"), progress=False)
+    assert [s.index for s in first.transient] == [SCENARIOS.index("timeout")]
+    assert summary(first)["transient"] == 1  # an endpoint failure is not a rejection
+    assert summary(first)["candidates"] == len(SCENARIOS) - 1
+    assert summary(first)["yield"] == len(first.accepted) / (len(SCENARIOS) - 1)
 
-    # the same folder: every candidate is already there
+    # the same folder: judged candidates stay; only the one whose request failed is asked again
     before = len(server.requests)
     again = synthesize(config, tmp / "run", client=LLMClient(llm, cache_dir=tmp / "cache"), progress=False)
-    assert len(server.requests) == before
-    assert [s.id for s in again.accepted] == [s.id for s in first.accepted]
-
-    # a new folder over the same cache: only the request that never got an answer is asked again
-    client = LLMClient(llm, cache_dir=tmp / "cache")
-    fresh = synthesize(config, tmp / "fresh", client=client, progress=False)
     asked_again = [r for r in server.requests[before:] if r is not None]
     assert asked_again and all(teacher.scenario[_persona_of(teacher, r)] == "timeout" for r in asked_again)
-    assert [s.record() for s in fresh.accepted] == [s.record() for s in first.accepted]
+    assert [s.id for s in again.accepted] == [s.id for s in first.accepted]
+    assert len(again.samples) == len(SCENARIOS)  # the new line replaced the old one
+
+    # the endpoint recovers: the next re-run accepts it, the candidate is no longer transient
+    teacher.scenario[next(p for p, k in teacher.scenario.items() if k == "timeout")] = "good"
+    healed = synthesize(config, tmp / "run", client=LLMClient(llm, cache_dir=tmp / "cache"), progress=False)
+    assert not healed.transient and summary(healed)["transient"] == 0
+    assert len(healed.accepted) == len(first.accepted) + 1
+    assert load_run(tmp / "run").samples == healed.samples
+
+    # a new folder over the same cache: only the request that never got an answer is asked again
+    before = len(server.requests)
+    fresh = synthesize(config, tmp / "fresh", client=LLMClient(llm, cache_dir=tmp / "cache"), progress=False)
+    assert len(server.requests) == before
+    assert [s.record() for s in fresh.accepted] == [s.record() for s in healed.accepted]
 
 
 def _persona_of(teacher: Teacher, request: dict) -> str:
@@ -213,3 +225,62 @@ def test_an_llm_writes_the_grounded_teachers_thoughts_and_the_trajectory_still_r
         again = LLMClient(llm, cache_dir=tmp_path / "c")
         synthesize(config, tmp_path / "again", client=again, progress=False)
         assert len(server.requests) == before  # every answer came from the cache
+
+
+def test_thoughts_lost_to_an_endpoint_error_are_asked_again_on_a_re_run(tmp_path):
+    down = {"now": True}
+
+    def answer(request):
+        if down["now"]:
+            return server_error(500)
+        n = int(re.search(r"For each of the (\d+) steps", request["messages"][-1]["content"]).group(1))
+        return json.dumps([f"LLM thought {k}." for k in range(n)])
+
+    config = SynthesisConfig(n=3, seed=5, llm_thoughts=True)
+    with FakeOpenAI(answer) as server:
+        llm = LLMConfig("m", base_url=server.base_url, max_retries=0)
+        first = synthesize(config, tmp_path / "run", client=LLMClient(llm, cache_dir=tmp_path / "c"),
+                           progress=False)
+        assert {s.meta()["thoughts"] for s in first.accepted} == {"template"}
+        assert all(s.retry and s.usage["llm_errors"] == 1 for s in first.samples)
+        down["now"] = False
+        again = synthesize(config, tmp_path / "run", client=LLMClient(llm, cache_dir=tmp_path / "c"),
+                           progress=False)
+    assert {s.meta()["thoughts"] for s in again.accepted} == {"llm"}
+    assert [s.index for s in again.accepted] == [s.index for s in first.accepted]
+    assert not any(s.retry for s in load_run(tmp_path / "run").samples)
+
+
+def test_an_outage_stops_the_run_early_and_is_not_counted_as_rejections(tmp_path):
+    config = SynthesisConfig(teacher="openai", n=20, seed=1)
+    with FakeOpenAI(lambda request: server_error(503)) as server:
+        llm = LLMConfig("m", base_url=server.base_url, max_retries=0, concurrency=2)
+        with pytest.warns(UserWarning, match="failed at the endpoint"):
+            run = synthesize(config, tmp_path / "run", client=LLMClient(llm, cache_dir=tmp_path / "c"),
+                             progress=False)
+    assert len(run.samples) == 4  # two waves of two, not the 60-candidate budget
+    assert summary(run) | {"transient": 4, "candidates": 0, "yield": 0.0} == summary(run)
+
+
+def test_an_answer_cut_at_max_tokens_is_reported_as_truncated(tmp_path):
+    script, turns = good_pair(0)
+    script_text, trajectory_text = json.dumps(script, indent=1), json.dumps(turns)
+    limit = words(script_text) + 5
+    assert words(trajectory_text) > limit  # the trajectory does not fit, the script does
+
+    def answer(request):
+        return script_text if "persona:\n\n" in request["messages"][-1]["content"] else trajectory_text
+
+    config = SynthesisConfig(teacher="openai", n=1, max_candidates=1, trajectory_attempts=1)
+    with FakeOpenAI(answer) as server:
+        llm = LLMConfig("m", base_url=server.base_url, max_tokens=limit)
+        run = synthesize(config, tmp_path / "run", client=LLMClient(llm, cache_dir=tmp_path / "c"),
+                         progress=False)
+        short = LLMConfig("m", base_url=server.base_url, max_tokens=3)
+        cut_script = synthesize(SynthesisConfig(teacher="openai", n=1, max_candidates=1, script_attempts=1),
+                                tmp_path / "run2", client=LLMClient(short, cache_dir=tmp_path / "c"),
+                                progress=False)
+    verdict = run.samples[0].verdicts[-1]
+    assert verdict["reason"] == "truncated" and "max_tokens" in verdict["detail"]
+    assert not run.samples[0].transient  # a cut answer is a verdict on content: the cache replays it
+    assert [v["reason"] for v in cut_script.samples[0].verdicts] == ["truncated"]
