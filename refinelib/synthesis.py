@@ -38,8 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refinelib import agent, chat, jsonl, teacher, themes
-from refinelib.paths import write_atomic
+from refinelib import agent, chat, jsonl, runs, teacher, themes
 from refinelib.verify import FLAGS, REASONS, Verdict, check_script, parse_json, verify
 from refinelib.world import World
 
@@ -56,6 +55,13 @@ STAGE_REASONS = {
     "plan_too_short": "the plan has too few steps to hold the required error->refinement episodes",
 }
 REASON_TEXT = {**REASONS, **STAGE_REASONS}
+# The prompt templates each teacher uses (their versions are part of a run's identity).
+TEACHER_PROMPTS = {"grounded": (), "openai": ("synth_script", "synth_trajectory", "synth_continue"),
+                   "openai-executable": ("synth_engine_script",)}
+# The code a sample depends on (its hash is part of a run's identity).
+CODE = ("refinelib.teacher", "refinelib.themes", "refinelib.world", "refinelib.verify")
+# Identity fields that say which code and prompts made a run (not settings: a change sets old samples aside).
+VERSION_FIELDS = ("prompts", "code")
 # Verdicts about the endpoint, not the content: the candidate is made again by a re-run.
 TRANSIENT_REASONS = frozenset({"llm_error"})
 OUTAGE_AFTER = 4  # consecutive transient failures (at least one wave) that stop a run early
@@ -108,10 +114,14 @@ class SynthesisConfig:
         return self.max_candidates or 3 * self.n
 
     def identity(self, llm: Mapping | None) -> dict:
-        """The fields a sample depends on: a re-run into the same folder must match them."""
+        """What a sample depends on: the settings (a re-run into the same folder must match them), and the
+        versions of the prompt templates and the code (``teacher``, ``themes``, ``world``, ``verify``)."""
         out = {k: v for k, v in asdict(self).items() if k not in ("n", "max_candidates")}
+        prompts = list(TEACHER_PROMPTS[self.teacher]) + (["synth_thoughts"] if self.llm_thoughts else [])
         if self.teacher != "grounded" or self.llm_thoughts:
             out["llm"] = dict(llm or {})
+        out["prompts"] = {name: agent.template_version(name) for name in prompts}
+        out["code"] = runs.code_version(*CODE)
         return out
 
 
@@ -218,8 +228,6 @@ def synthesize(config: SynthesisConfig, out_dir: str | Path, client=None,
             ``samples.jsonl`` line that is not a sample (naming ``file:line``), or ``out_dir`` holding a
             run with a different config (one message naming the fields); all before any candidate is made.
     """
-    from tqdm import tqdm
-
     if not isinstance(config, SynthesisConfig):
         raise ValueError(f"synthesize: config must be a SynthesisConfig, got {type(config).__name__}")
     if (config.teacher != "grounded" or config.llm_thoughts) and client is None:
@@ -231,9 +239,15 @@ def synthesize(config: SynthesisConfig, out_dir: str | Path, client=None,
     if out.exists() and not out.is_dir():
         raise ValueError(f"synthesize: out_dir {out} is a file, not a run folder")
     make = _maker(config, client)  # reads and checks a Persona Hub file before anything is written
-    out.mkdir(parents=True, exist_ok=True)
     llm_config = client.config.to_dict() if client is not None else None
-    _check_same_run(out, config.identity(llm_config))
+    with runs.RunLock(out):  # one writer: two runs into one folder would interleave their samples
+        _check_same_run(out, config.identity(llm_config))
+        return _run(config, out, make, client, progress)
+
+
+def _run(config: SynthesisConfig, out: Path, make: Callable[[int], Sample], client, progress: bool):
+    from tqdm import tqdm
+
     done, skipped = read_samples(out / SAMPLES_FILE)
     retry = {i for i, s in done.items() if s.retry}  # made again below; their old lines are superseded
     last_retry = max(retry, default=-1)
@@ -300,7 +314,7 @@ def load_run(out_dir: str | Path) -> SynthesisRun:
     if not (out / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{out / CONFIG_FILE}: not a synthesis run folder (run synthesize first)")
     saved = json.loads((out / CONFIG_FILE).read_text())
-    saved.pop("llm", None)
+    saved = {k: v for k, v in saved.items() if k in SynthesisConfig.__dataclass_fields__}
     done, skipped = read_samples(out / SAMPLES_FILE)
     samples = [done[i] for i in sorted(done)]
     config = SynthesisConfig(**saved, n=max(1, sum(s.accepted for s in samples)))
@@ -308,15 +322,21 @@ def load_run(out_dir: str | Path) -> SynthesisRun:
 
 
 def _check_same_run(out: Path, identity: dict) -> None:
+    """Changed settings (or an unreadable ``config.json``) refuse with one error naming the fields; samples
+    made by other code or prompt versions under the same settings are set aside
+    (``samples.stale-<k>.jsonl``, with a warning) and made again."""
     path = out / CONFIG_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-        if changed:
-            raise ValueError(f"{out} holds a synthesis run with different settings ({', '.join(changed)}); "
-                             "use a new folder, or delete this one to start over")
-    else:
-        write_atomic(path, json.dumps(identity, indent=2))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        saved = None
+    plain = json.loads(json.dumps(identity))  # as it is stored: tuples are lists
+
+    def settings(d: Mapping) -> dict:
+        return {k: v for k, v in d.items() if k not in VERSION_FIELDS}
+
+    refuse = not isinstance(saved, dict) or (saved and runs.changed_fields(settings(saved), settings(plain)))
+    runs.check_identity(path, identity, "refuse" if refuse else "set_aside", files=[out / SAMPLES_FILE])
 
 
 def _maker(config: SynthesisConfig, client) -> Callable[[int], Sample]:

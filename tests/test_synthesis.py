@@ -9,11 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from refinelib import agent, chat, expert, jsonl
+from refinelib import agent, chat, expert, jsonl, runs
 from refinelib.synthesis import SAMPLES_FILE, SynthesisConfig, digest, load_run, summary, synthesize
 from refinelib.teacher import replay_check
 from refinelib.verify import FLAGS, verify
@@ -122,3 +123,27 @@ def test_samples_file_round_trips(tmp_path):
     back = load_run(Path(tmp_path))
     assert [s.id for s in back.samples] == [s.id for s in run.samples]
     assert back.samples[0].trajectory == run.samples[0].trajectory
+
+
+def test_samples_made_by_other_code_or_prompts_are_set_aside_and_made_again(tmp_path):
+    first = synthesize(SynthesisConfig(n=3), tmp_path, progress=False)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved["code"] == runs.code_version("refinelib.teacher", "refinelib.themes", "refinelib.world",
+                                              "refinelib.verify")
+    assert saved["prompts"] == {}  # the grounded teacher uses no prompt; an LLM teacher records its own
+    assert set(SynthesisConfig(teacher="openai").identity({})["prompts"]) == {
+        "synth_script", "synth_trajectory", "synth_continue"}
+    config_file.write_text(json.dumps({**saved, "code": "older-code"}))  # as if teacher.py had changed
+    with pytest.warns(runs.StaleRunWarning, match="code"):
+        again = synthesize(SynthesisConfig(n=3), tmp_path, progress=False)
+    assert (tmp_path / "samples.stale-1.jsonl").exists()
+    assert [s.record() for s in again.accepted] == [s.record() for s in first.accepted]
+    assert json.loads(config_file.read_text())["code"] == saved["code"]
+
+
+def test_a_second_writer_of_the_same_folder_is_refused_naming_the_holder(tmp_path):
+    with runs.RunLock(tmp_path), pytest.raises(runs.RunLockedError, match=f"pid {os.getpid()}"):
+        with ThreadPoolExecutor(1) as pool:  # another thread, as a second run would be
+            pool.submit(synthesize, SynthesisConfig(n=1), tmp_path, progress=False).result()
+    assert not (tmp_path / SAMPLES_FILE).exists()
