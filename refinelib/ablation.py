@@ -26,7 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from refinelib.chat import strip_errors
+from refinelib.evaluate import check_log
 from refinelib.experiment import model_identity  # noqa: F401 (re-exported: notebooks call it here)
+from refinelib.runs import RunLock, write_json_atomic
 from refinelib.synthesis import digest
 
 DATA_FILE = "ablation.json"  # next to a trained variant: its config and the digest of the records it saw
@@ -114,35 +116,33 @@ def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
     identity = {"variant": name, "config": _json(cfg.to_dict()), "train": digest(train_records),
                 "validation": digest(val_records or [])}
     sidecar = out / DATA_FILE
-    previous = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-    if previous is not None and previous.get("identity") == identity:
-        if previous.get("finished") and (out / "manifest.json").is_file():
-            return out, False
-    elif previous is not None:  # another training of ours: its checkpoints must not be resumed
-        for checkpoint in out.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    sidecar.write_text(json.dumps({"identity": identity, "finished": False}, indent=1) + "\n")
-    train(cfg)  # resumes an interrupted identical training from its newest checkpoint
-    sidecar.write_text(json.dumps({"identity": identity, "finished": True}, indent=1) + "\n")
+    with RunLock(out):  # a second training into the same folder fails at once, naming this one's pid
+        previous = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        if previous is not None and previous.get("identity") == identity:
+            if previous.get("finished") and (out / "manifest.json").is_file():
+                return out, False
+        elif previous is not None:  # another training of ours: its checkpoints must not be resumed
+            for checkpoint in out.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
+        write_json_atomic(sidecar, {"identity": identity, "finished": False}, indent=1)
+        train(cfg)  # resumes an interrupted identical training from its newest checkpoint
+        write_json_atomic(sidecar, {"identity": identity, "finished": True}, indent=1)
     return out, True
 
 
 def fresh_log(log_path: str | Path, settings: Mapping) -> bool:
-    """Keep an episode log only while it was played with ``settings``: write them next to the log
-    (``<log>.settings.json``) and delete the log when they changed (a retrained model, other steps).
+    """Keep an episode log only while it was played with ``settings`` (a retrained model, other steps):
+    they join the log's identity (:func:`refinelib.evaluate.check_log`, with the suite, prompt and
+    environment versions :func:`refinelib.evaluate.run` adds), and a log played with other values is set
+    aside as ``<log>.stale-<k>.jsonl`` with a warning naming them.
 
-    Returns True when an old log was deleted.
+    Returns True when an old log was set aside.
     """
     path = Path(log_path)
-    sidecar = path.with_suffix(".settings.json")
-    wanted = _json(dict(settings))
-    stale = sidecar.is_file() and json.loads(sidecar.read_text()) != wanted
-    if stale:
-        path.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sidecar.write_text(json.dumps(wanted, indent=1) + "\n")
-    return stale
+    existed = path.exists()
+    with RunLock(path.parent):
+        check_log(path, _json(dict(settings)))
+    return existed and not path.exists()
 
 
 # ----- held-out losses ----------------------------------------------------------------------------------

@@ -17,15 +17,25 @@ environment seed, which is part of the instance (``Instance.seed``, in its id). 
 same episodes for every run seed. ``samples`` > 1 plays each instance N times (Best-of-N; sample 0 ... N-1).
 ``perturbations`` names action-template rules of :mod:`refinelib.perturb` (``"R1"`` ...); each episode
 then runs on a :class:`~refinelib.perturb.PerturbedEnv` and is logged under the rule's versioned id.
+
+A log is re-used only by the run that made it: its **identity** (the policy's settings, what the caller
+says about the model in ``settings``, the step limit, and for every suite played its version, the agent
+prompt version and the code version of its environment family) is kept next to it in
+``<log>.settings.json``. A log made with another identity is set aside as ``<log>.stale-<k>.jsonl``
+with a warning naming what changed, and the episodes are played again (:func:`refinelib.runs.check_identity`).
+One process writes a log folder at a time (:class:`refinelib.runs.RunLock`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from refinelib import runs
 from refinelib.agent import MAX_STEPS, EpisodeState, prompt_version
 from refinelib.envs import registry
 from refinelib.envs.base import Instance
@@ -34,6 +44,10 @@ from refinelib.perturb import PerturbedEnv, get_rule
 from refinelib.policies import Policy
 
 ORIGINAL = "none"  # the perturbation key of the original action templates
+IDENTITY_SUFFIX = ".settings.json"  # <log>.settings.json: the identity of the run that made the log
+# Marks a record written by check_log: a sidecar without it (an older refinelib's) recorded no suite,
+# prompt or environment versions, so its log cannot be trusted and is set aside.
+IDENTITY_SCHEMA = ("identity_schema", 2)
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,25 @@ def request_seed(job: Job, step: int) -> int:
     return zlib.crc32(f"{job.seed}/{job.sample}/{job.instance.id}/{step}".encode())
 
 
+def check_arguments(batch_size: int = 1, max_steps: int = 1, samples: int = 1,
+                    max_instances: int | None = None) -> None:
+    """Raise one ValueError naming the first argument out of range (before any suite is built, any
+    model loaded or any log touched): ``batch_size``, ``max_steps`` and ``samples`` >= 1, ``max_instances``
+    None or >= 0."""
+    for name, value, low in (("batch_size", batch_size, 1), ("max_steps", max_steps, 1),
+                             ("samples", samples, 1), ("max_instances", max_instances, 0)):
+        if name == "max_instances" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            allowed = f"an integer >= {low}" + (" or None" if name == "max_instances" else "")
+            raise ValueError(f"evaluate: {name} must be {allowed}, got {value!r}")
+
+
+def resolve(suites: Sequence[str | registry.Suite], scale: str = "small") -> list[registry.Suite]:
+    """:class:`~refinelib.envs.registry.Suite` objects for suite names (Suite objects pass through)."""
+    return [s if isinstance(s, registry.Suite) else registry.suite(s, scale) for s in suites]
+
+
 def jobs_for(suites: Sequence[str | registry.Suite], scale: str = "small", seeds: Sequence[int] = (0,),
              samples: int = 1, max_instances: int | None = None,
              perturbations: Sequence[str] = (ORIGINAL,)) -> list[Job]:
@@ -66,10 +99,53 @@ def jobs_for(suites: Sequence[str | registry.Suite], scale: str = "small", seeds
 
     A perturbation a suite's family does not define raises ValueError (naming the family's rules).
     """
-    resolved = [s if isinstance(s, registry.Suite) else registry.suite(s, scale) for s in suites]
+    check_arguments(samples=samples, max_instances=max_instances)
     return [Job(s, inst, seed, sample, p if p == ORIGINAL else get_rule(s.family, p).id)
-            for s in resolved for p in perturbations for inst in s.instances[:max_instances]
+            for s in resolve(suites, scale) for p in perturbations for inst in s.instances[:max_instances]
             for seed in seeds for sample in range(samples)]
+
+
+# ----- the identity of an episode log ------------------------------------------------------------------
+def identity_path(log_path: str | Path) -> Path:
+    """Where the identity of the log ``log_path`` is kept: ``<log>.settings.json``."""
+    return Path(log_path).with_suffix(IDENTITY_SUFFIX)
+
+
+def environment_code(family: str) -> str:
+    """:func:`refinelib.runs.code_version` of the code that makes ``family``'s episodes: the shared
+    ``envs/base.py`` and ``envs/registry.py`` and the family's own files (``envs/<family>*``: its module,
+    its generator, its PDDL domains)."""
+    registry.family_module(family)  # an unknown family raises here, naming the known ones
+    envs = Path(registry.__file__).parent
+    own = sorted(p for p in envs.iterdir() if p.name.startswith(family))
+    return runs.code_version(envs / "base.py", envs / "registry.py", *own)
+
+
+def log_identity(suites: Sequence[registry.Suite], max_steps: int, settings: Mapping | None = None) -> dict:
+    """The identity of episodes of ``suites`` played with ``max_steps``: the caller's ``settings`` (what
+    identifies the policy), then per suite ``suite:<name>`` (its version, environment version included),
+    and per family ``prompt:<family>`` (:func:`refinelib.agent.prompt_version`) and ``env_code:<family>``
+    (:func:`environment_code`)."""
+    identity = {**(settings or {}), "max_steps": max_steps}
+    for s in suites:
+        identity[f"suite:{s.name}"] = s.version
+    for family in sorted({s.family for s in suites}):
+        identity[f"prompt:{family}"] = prompt_version(family)
+        identity[f"env_code:{family}"] = environment_code(family)
+    return identity
+
+
+def check_log(log_path: str | Path, identity: Mapping) -> None:
+    """Keep the log at ``log_path`` only if it was made with ``identity`` (the fields given; what earlier
+    calls recorded about other suites is kept); otherwise set it aside with a warning naming the changed
+    fields (see :func:`refinelib.runs.check_identity`). Call it holding the folder's :class:`RunLock`."""
+    path, sidecar = Path(log_path), identity_path(log_path)
+    key, schema = IDENTITY_SCHEMA
+    try:
+        legacy = key not in json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):  # no record, or an unreadable one (check_identity says so)
+        legacy = False
+    runs.check_identity(sidecar, {key: schema, **identity}, "set_aside", files=[path], partial=not legacy)
 
 
 def _episode(policy: Policy, job: Job, state: EpisodeState, seconds: float, max_steps: int) -> Episode:
@@ -87,7 +163,7 @@ def run(policy: Policy, suites: Sequence[str | registry.Suite], scale: str = "sm
         seeds: Sequence[int] = (0,), samples: int = 1, max_steps: int = MAX_STEPS, log_path=None,
         batch_size: int = 16,
         max_instances: int | None = None, progress_bar: bool = True,
-        perturbations: Sequence[str] = (ORIGINAL,)) -> list[Episode]:
+        perturbations: Sequence[str] = (ORIGINAL,), settings: Mapping | None = None) -> list[Episode]:
     """Play ``policy`` on every instance of ``suites`` and log the episodes; resume from ``log_path``.
 
     Args:
@@ -102,15 +178,32 @@ def run(policy: Policy, suites: Sequence[str | registry.Suite], scale: str = "sm
         max_instances: play only the first instances of each suite (smoke runs).
         progress_bar: show a tqdm bar over episodes.
         perturbations: ``"none"`` and/or rules of :mod:`refinelib.perturb` (e.g. ``("none", "R1")``).
+        settings: what else identifies the policy (model folder, its training), recorded with the log
+            next to ``policy.config()``; a log made with other values is set aside (module docstring).
 
     Returns:
         The episodes of every requested key, in job order (the logged ones read back from the log).
+
+    Raises:
+        ValueError: an argument out of range (:func:`check_arguments`), before anything is played.
+        refinelib.runs.RunLockedError: another process is writing the log's folder.
     """
+    check_arguments(batch_size, max_steps, samples, max_instances)
+    resolved = resolve(suites, scale)
+    jobs = jobs_for(resolved, scale, seeds, samples, max_instances, perturbations)
+    if log_path is None:
+        return _play(policy, jobs, max_steps, None, {}, batch_size, progress_bar)
+    with runs.RunLock(Path(log_path).parent):
+        identity = log_identity(resolved, max_steps, {"policy": policy.config(), **(settings or {})})
+        check_log(log_path, identity)
+        log = EpisodeLog(log_path)
+        return _play(policy, jobs, max_steps, log, {e.key: e for e in log.read()}, batch_size, progress_bar)
+
+
+def _play(policy: Policy, jobs: list[Job], max_steps: int, log: EpisodeLog | None, logged: dict,
+          batch_size: int, progress_bar: bool) -> list[Episode]:
     from tqdm import tqdm  # plain text bars: no widget dependency in notebooks
 
-    jobs = jobs_for(suites, scale, seeds, samples, max_instances, perturbations)
-    log = EpisodeLog(log_path) if log_path is not None else None
-    logged = {e.key: e for e in log.read()} if log is not None else {}
     todo = [j for j in jobs if j.key(policy.name) not in logged]
     results: dict[tuple, Episode] = {}
     queue = list(reversed(todo))  # pop() from the end keeps job order

@@ -9,10 +9,11 @@ same suites; they share one episode log per model, ``artifacts/evaluation/<eval_
     episodes = experiment.evaluate_models(models, ["household_held_in", "pddl"], eval_run_id="default")
     table = experiment.main_table(metrics.episode_table(episodes))
 
-Episodes are keyed by (policy, suite, instance, seed, perturbation, sample) only, so the settings that
-change an episode (model folder, step limit, generation settings) are written next to each log in
-``<name>.settings.json``; asking for other settings under the same ``eval_run_id`` sets the old log aside
-(with a warning) and plays the episodes again, never a silent mix.
+Episodes are keyed by (policy, suite, instance, seed, perturbation, sample) only, so what changes an
+episode (model folder and training, step limit, generation settings, and the suite, prompt and
+environment-code versions: :func:`refinelib.evaluate.log_identity`) is the log's identity, written next
+to it in ``<name>.settings.json``; asking for another identity under the same ``eval_run_id`` sets the old
+log aside (with a warning naming what changed) and plays the episodes again, never a silent mix.
 
 :func:`failure_modes` finds the paper's Figure-2 failures in any episode log: the **memorised format**
 (household commands on another family, or the old command format under a household perturbation) and
@@ -25,14 +26,13 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from refinelib import evaluate
+from refinelib import evaluate, runs
 from refinelib.envs import registry
 from refinelib.episodes import Episode, EpisodeLog
 from refinelib.metrics import KEY_COLUMNS, normalized_action, summarize
@@ -124,26 +124,6 @@ def model_identity(folder: str | Path | None) -> str | None:
     return f"{record.get('written')}/{record.get('dataset_fingerprint')}"
 
 
-def _check_settings(path: Path, settings: dict) -> None:
-    """Record the settings next to the log; a log played with other settings is set aside (renamed
-    ``<name>.stale-<k>.jsonl``, with a warning naming the fields) so the episodes are played again."""
-    sidecar = path.with_suffix(".settings.json")
-    if sidecar.is_file():
-        old = json.loads(sidecar.read_text())
-        changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
-        if not changed:
-            return
-        k = 1 + sum(1 for _ in path.parent.glob(f"{path.stem}.stale-*.jsonl"))
-        for item in (path, sidecar):
-            if item.exists():
-                item.rename(item.with_name(f"{path.stem}.stale-{k}{''.join(item.suffixes)}"))
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-        warnings.warn(f"{path.name} was played with other settings ({diff}); it is kept as "
-                      f"{path.stem}.stale-{k}.jsonl and the episodes are played again", stacklevel=3)
-    sidecar.parent.mkdir(parents=True, exist_ok=True)
-    sidecar.write_text(json.dumps(settings, indent=1) + "\n")
-
-
 def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_run_id: str = "default",
                    scale: str = "small", max_instances: int | None = None, max_steps: int = 30,
                    perturbations: Sequence[str] | Mapping[str, Sequence[str]] = (evaluate.ORIGINAL,),
@@ -156,32 +136,39 @@ def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_ru
     ``perturbations`` is a list of rules for every suite, or ``{suite: rules}`` when the families differ
     (a suite missing from the mapping is played with the original prompt only).
 
-    A log played with other settings is set aside and played again (see the module docstring).
+    A log played with another identity is set aside and played again (see the module docstring);
+    an argument out of range raises ValueError before anything is loaded or set aside.
     """
+    evaluate.check_arguments(batch_size, max_steps, 1, max_instances)
     path = episodes_path(eval_run_id, name)
     settings = {"model": folder, "model_identity": model_identity(folder), "base_model": base_model,
                 "scale": scale, "max_steps": max_steps, "max_new_tokens": max_new_tokens,
                 "max_prompt_tokens": max_prompt_tokens, "temperature": 0.0}
     if folder in BASELINES:  # generation settings do not apply to them
         settings = {k: settings[k] for k in ("model", "scale", "max_steps")}
-    _check_settings(path, settings)
     if isinstance(perturbations, Mapping):
         groups = [([s], tuple(perturbations.get(s, (evaluate.ORIGINAL,)))) for s in suites]
     else:
         groups = [(list(suites), tuple(perturbations))]
-    jobs = [evaluate.jobs_for(s, scale, max_instances=max_instances, perturbations=p) for s, p in groups]
-    logged = {e.key: e for e in EpisodeLog(path).read()}
-    if all(j.key(name) in logged for group in jobs for j in group):
-        return [logged[j.key(name)] for group in jobs for j in group]
-    policy = load_policy(name, folder, base_model, max_new_tokens, max_prompt_tokens)
-    policy.name = name
-    try:
-        return [e for s, p in groups
-                for e in evaluate.run(policy, s, scale, max_steps=max_steps, log_path=path,
-                                      batch_size=batch_size, max_instances=max_instances,
-                                      progress_bar=progress_bar, perturbations=p)]
-    finally:
-        policy.close()
+    resolved = [evaluate.resolve(s, scale) for s, _ in groups]
+    jobs = [evaluate.jobs_for(s, scale, max_instances=max_instances, perturbations=p)
+            for s, (_, p) in zip(resolved, groups, strict=True)]
+    with runs.RunLock(path.parent):
+        # the same identity evaluate.run checks (it adds the policy's config once the model is loaded)
+        evaluate.check_log(path, evaluate.log_identity([s for group in resolved for s in group], max_steps,
+                                                       settings))
+        logged = {e.key: e for e in EpisodeLog(path).read()}
+        if all(j.key(name) in logged for group in jobs for j in group):
+            return [logged[j.key(name)] for group in jobs for j in group]
+        policy = load_policy(name, folder, base_model, max_new_tokens, max_prompt_tokens)
+        policy.name = name
+        try:
+            return [e for s, (_, p) in zip(resolved, groups, strict=True)
+                    for e in evaluate.run(policy, s, scale, max_steps=max_steps, log_path=path,
+                                          batch_size=batch_size, max_instances=max_instances,
+                                          progress_bar=progress_bar, perturbations=p, settings=settings)]
+        finally:
+            policy.close()
 
 
 def evaluate_models(models: Mapping[str, str | None], suites: Sequence[str], eval_run_id: str = "default",
@@ -217,8 +204,11 @@ def main_table(df: pd.DataFrame, memorising: Sequence[str] = MEMORISING, n_boot:
 
 def held_out_mean(table: pd.DataFrame) -> pd.DataFrame:
     """Per model, the mean over its held-out cells of a :func:`main_table` (each suite weighs the same,
-    like the paper's five-task means)."""
-    out = table[~table.held_in].groupby("policy", sort=False)[["success_rate", "progress_rate"]].mean()
+    like the paper's task means), with ``suites``: how many suites that mean averages (a memorising
+    model has fewer held-out suites than the others)."""
+    held_out = table[~table.held_in].groupby("policy", sort=False)
+    out = held_out[["success_rate", "progress_rate"]].mean()
+    out["suites"] = held_out["suite"].nunique()
     return out.reset_index()
 
 
@@ -232,10 +222,15 @@ def wide(table: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFram
     out = out[suites]
     means = held_out_mean(table).set_index("policy")
     out["held-out mean"] = [f"{means.success_rate.get(p, float('nan')):.1f} / "
-                            f"{means.progress_rate.get(p, float('nan')):.1f}" for p in out.index]
+                            f"{means.progress_rate.get(p, float('nan')):.1f}"
+                            f" ({_suites(means.suites.get(p, 0))})" for p in out.index]
     out.columns.name = None
     order = [p for p in (order or []) if p in out.index] + [p for p in out.index if p not in (order or [])]
     return out.loc[order]
+
+
+def _suites(n: int) -> str:
+    return f"{n} suite" if n == 1 else f"{n} suites"
 
 
 def short_rule(perturbation: str) -> str:
@@ -405,14 +400,18 @@ def paper_main_table() -> pd.DataFrame:
 
 
 def paper_wide(models: Sequence[str] | None = None) -> pd.DataFrame:
-    """:func:`paper_main_table` as printed: ``S / P`` cells, ``*`` held-in, the five-task mean last;
-    ``models`` picks and orders rows (default: all). Labelled in ``attrs["source"]``."""
+    """:func:`paper_main_table` as printed: ``S / P`` cells, ``*`` held-in, then the mean over the tasks
+    the paper has a number for (``mean``) and how many tasks that is (``tasks in mean``: 3 for AgentGen,
+    which has no SciWorld or Jericho number); ``models`` picks and orders rows (default: all). Labelled in
+    ``attrs["source"]``."""
     table = paper_main_table()
     cells = table.assign(cell=[("-" if pd.isna(s) else f"{s:.1f} / {p:.1f}{'*' if h else ''}") for s, p, h in
                                zip(table.success_rate, table.progress_rate, table.held_in, strict=True)])
     out = cells.pivot(index="model", columns="task", values="cell")[list(_PAPER_TASKS)]
     means = table.groupby("model")[["success_rate", "progress_rate"]].mean()  # NaN cells skipped
-    out["five-task mean"] = [f"{means.success_rate[m]:.1f} / {means.progress_rate[m]:.1f}" for m in out.index]
+    counted = table.groupby("model")["success_rate"].count()  # the tasks each mean averages
+    out["mean"] = [f"{means.success_rate[m]:.1f} / {means.progress_rate[m]:.1f}" for m in out.index]
+    out["tasks in mean"] = [int(counted[m]) for m in out.index]
     out = out.loc[list(models) if models is not None else list(dict.fromkeys(table.model))]
     out.columns.name = None
     out.attrs["source"] = PAPER_SOURCE_MAIN

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+
+from refinelib.runs import write_json_atomic
 
 PACKAGES = ("refinelib", "torch", "transformers", "peft", "datasets", "minigrid", "scienceworld",
             "textworld", "alfworld", "pyperplan", "openai")
@@ -43,7 +43,5 @@ def write_manifest(directory: str | Path, **fields) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     record = {**fields, "packages": package_versions(), "git_revision": git_revision(),
               "python": platform.python_version(), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = directory / ".manifest.json.partial"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, directory / "manifest.json")
-    return directory / "manifest.json"
+    # a unique temporary name: two runs finishing in one folder never write into the same file
+    return write_json_atomic(directory / "manifest.json", record, default=str)

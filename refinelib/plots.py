@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from refinelib.paths import artifacts_dir
+
 
 def set_theme() -> None:
     """One theme for every figure in the book."""
@@ -23,9 +25,11 @@ def episode_lengths(df, ax, x: str = "steps", y: str = "suite", hue: str = "spli
     return ax
 
 
-def save(fig, name: str, directory: str | Path = "artifacts/figures") -> Path:
-    """Save ``fig`` as SVG and PNG under ``directory``; return the PNG path."""
-    directory = Path(directory)
+def save(fig, name: str, directory: str | Path | None = None) -> Path:
+    """Save ``fig`` as SVG and PNG under ``directory`` (default: ``figures/`` of the artifacts folder,
+    which honours ``REFINELIB_ARTIFACTS``, so a smoke run never overwrites the real figure); return the
+    PNG path."""
+    directory = artifacts_dir("figures") if directory is None else Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fig.savefig(directory / f"{name}.svg", bbox_inches="tight")
     fig.savefig(directory / f"{name}.png", bbox_inches="tight", dpi=120)

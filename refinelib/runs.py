@@ -203,7 +203,7 @@ def _aside_name(path: Path, k: int) -> Path:
 
 
 def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str = "refuse",
-                   files: Iterable[str | Path] = ()) -> None:
+                   files: Iterable[str | Path] = (), *, partial: bool = False) -> None:
     """Make sure the results next to ``sidecar_path`` were made by ``identity``; then record it there.
 
     - No sidecar and none of ``files``: a fresh run, the identity is written.
@@ -215,6 +215,11 @@ def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str
       - ``"set_aside"`` renames the sidecar and ``files`` to ``<name>.stale-<k><suffix>`` (the first
         ``k`` free for all of them), warns (:class:`StaleRunWarning`) naming the fields, and writes
         the new identity, so the run starts over with no silent mix.
+
+    ``partial=True`` compares only the fields both sides have: a record grows field by field as calls
+    add to the same artifact (the versions of a suite first played by a later call into the same episode
+    log, a caller's model settings next to the policy's), and the recorded fields of other writers are
+    kept. After a set aside only the given fields are recorded.
     """
     if on_mismatch not in ("refuse", "set_aside"):
         raise ValueError(f"on_mismatch must be 'refuse' or 'set_aside', not {on_mismatch!r}")
@@ -229,10 +234,12 @@ def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str
         except ValueError as why:
             diff = f"the recorded identity is unreadable ({why})"
         else:
-            changed = changed_fields(old, new)
+            compared = {k: v for k, v in new.items() if k in old} if partial else new
+            changed = changed_fields({k: old[k] for k in compared} if partial else old, compared)
             if not changed:
-                if old != new:  # only None/missing differences: keep the file's fields complete
-                    write_json_atomic(sidecar, new)
+                merged = {**old, **new} if partial else new
+                if old != merged:  # new fields, or None/missing differences: keep the record complete
+                    write_json_atomic(sidecar, merged)
                 return
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
     elif any(f.exists() for f in files):

@@ -103,13 +103,37 @@ def test_paper_tables_hold_the_printed_numbers_and_are_labelled():
     assert wide.loc["AgentRefine", "Jericho"] == "5.0 / 26.2" and wide.attrs["source"] == ab.attrs["source"]
 
 
-def test_fresh_log_deletes_a_log_played_with_other_settings(tmp_path):
+def test_fresh_log_sets_aside_a_log_played_with_other_settings(tmp_path):
     log = tmp_path / "episodes" / "m.jsonl"
     assert ablation.fresh_log(log, {"steps": 2}) is False
     log.write_text("{}\n")
     assert ablation.fresh_log(log, {"steps": 2}) is False and log.exists()
-    assert ablation.fresh_log(log, {"steps": 3}) is True and not log.exists()
-    assert json.loads(log.with_suffix(".settings.json").read_text()) == {"steps": 3}
+    with pytest.warns(UserWarning, match="steps: 2 -> 3"):
+        assert ablation.fresh_log(log, {"steps": 3}) is True and not log.exists()
+    assert (log.parent / "m.stale-1.jsonl").read_text() == "{}\n"  # kept aside, not deleted
+    assert json.loads(log.with_suffix(".settings.json").read_text())["steps"] == 3
+
+
+def test_fresh_log_and_evaluate_run_share_one_identity(tmp_path):
+    """The caller's settings and the versions evaluate.run adds live in one record: neither sets the
+    other's log aside, and a change of either does."""
+    import warnings
+
+    from refinelib import evaluate
+    from refinelib.policies import OraclePolicy
+
+    log = tmp_path / "m.jsonl"
+    kwargs = dict(max_instances=1, progress_bar=False, log_path=log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            assert ablation.fresh_log(log, {"model": "oracle", "identity": None}) is False
+            first = evaluate.run(OraclePolicy(), ["pddl"], **kwargs)
+    recorded = json.loads(log.with_suffix(".settings.json").read_text())
+    assert recorded["model"] == "oracle" and recorded["suite:pddl"] == "1+pddl-1"
+    with pytest.warns(UserWarning, match="identity: None -> 'retrained'"):
+        assert ablation.fresh_log(log, {"model": "oracle", "identity": "retrained"}) is True
+    assert evaluate.run(OraclePolicy(), ["pddl"], **kwargs)[0].instance == first[0].instance
 
 
 def short_record(i: int) -> dict:
@@ -138,6 +162,13 @@ def test_train_variant_trains_once_and_reuses(tmp_path):
     assert manifest["config"]["mask_policy"] == "refine"
     assert ablation.train_variant("strip_errors", records, folder, **kwargs) == (folder, False)
     assert ablation.train_variant("strip_errors", records[:2], folder, **kwargs) == (folder, True)
+    # a second training into the same folder while one runs fails at once, naming the running one
+    from refinelib.runs import RunLockedError
+    from tests.writers import held
+
+    with held(folder) as holder:
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid}\b"):
+            ablation.train_variant("strip_errors", records, folder, **kwargs)
 
 
 def test_heldout_losses_split_out_the_refinement_turns():

@@ -97,3 +97,122 @@ def test_perturbed_runs_are_logged_under_the_rule_id_and_the_oracle_still_wins(t
 def test_a_perturbation_the_family_lacks_is_a_clear_error():
     with pytest.raises(ValueError, match="no perturbation 'R9' for family 'pddl'"):
         evaluate.jobs_for(["pddl"], perturbations=("R9",))
+
+
+# ----- arguments, identities and the lock (issue 12) ----------------------------------------------------
+def _raises_in_time(call, seconds=120):
+    """What ``call`` raised, run in a thread so that a call that loops forever fails the test instead."""
+    import threading
+
+    outcome = []
+
+    def target():
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as why:  # noqa: BLE001 - handed to the test
+            outcome.append(why)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"the call did not return within {seconds} s"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("max_steps", 0), ("max_steps", -3),
+                                         ("max_instances", -1), ("samples", 0), ("samples", -1),
+                                         ("batch_size", True), ("max_steps", 2.5)])
+def test_an_argument_out_of_range_is_one_error_naming_it_before_anything_is_played(tmp_path, field, value):
+    log = tmp_path / "e.jsonl"
+    kwargs = {"max_steps": 2, "max_instances": 1, "progress_bar": False, "log_path": log, field: value}
+    error = _raises_in_time(lambda: evaluate.run(RandomPolicy(), ["pddl"], **kwargs))
+    assert isinstance(error, ValueError) and str(error).startswith(f"evaluate: {field} must be"), error
+    assert not log.exists() and not evaluate.identity_path(log).exists()
+
+
+def test_max_instances_zero_plays_nothing(tmp_path):
+    assert evaluate.run(RandomPolicy(), ["pddl"], max_instances=0, progress_bar=False) == []
+
+
+def _played(log, **kwargs):
+    return evaluate.run(OraclePolicy(), ["pddl"], max_instances=1, progress_bar=False, log_path=log, **kwargs)
+
+
+def test_a_changed_prompt_version_sets_the_old_log_aside_and_plays_again(tmp_path, monkeypatch):
+    log = tmp_path / "e.jsonl"
+    first = _played(log)
+    assert _played(log) == first  # same identity: read back, not replayed
+    monkeypatch.setattr(evaluate, "prompt_version", lambda family: f"{family}-2+base-1")
+    with pytest.warns(UserWarning, match=r"prompt:pddl: 'pddl-1\+base-1' -> 'pddl-2\+base-1'"):
+        again = _played(log)
+    assert (tmp_path / "e.stale-1.jsonl").read_text() == _json_lines(first)
+    assert again[0].meta["prompt_version"] == "pddl-2+base-1"  # played again, under the new prompt
+    assert json.loads(evaluate.identity_path(log).read_text())["prompt:pddl"] == "pddl-2+base-1"
+    assert len(EpisodeLog(log).read()) == 1  # only the episode played with the new prompt
+
+
+def _json_lines(episodes):
+    return "".join(e.to_json() + "\n" for e in episodes)
+
+
+def test_a_changed_environment_version_or_code_sets_the_old_log_aside(tmp_path, monkeypatch):
+    from refinelib.envs.pddl import PDDLEnv
+
+    log = tmp_path / "e.jsonl"
+    _played(log)
+    monkeypatch.setattr(PDDLEnv, "version", "2")
+    with pytest.warns(UserWarning, match=r"suite:pddl: '1\+pddl-1' -> '1\+pddl-2'"):
+        _played(log)
+    monkeypatch.setattr(evaluate, "environment_code", lambda family: "edited")
+    with pytest.warns(UserWarning, match=r"env_code:pddl: '\w+' -> 'edited'"):
+        _played(log)
+    assert (tmp_path / "e.stale-1.jsonl").is_file() and (tmp_path / "e.stale-2.jsonl").is_file()
+
+
+def test_a_change_to_another_family_keeps_the_log_and_a_new_suite_adds_to_it(tmp_path, monkeypatch):
+    import warnings
+
+    log = tmp_path / "e.jsonl"
+    first = _played(log)
+    monkeypatch.setattr(evaluate, "prompt_version",
+                        lambda family: "babyai-9+base-1" if family == "babyai" else f"{family}-1+base-1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no set aside: this log never played babyai
+        assert _played(log) == first
+        both = evaluate.run(OraclePolicy(), ["pddl", "babyai"], max_instances=1, progress_bar=False,
+                            log_path=log)
+    assert both[0] == first[0] and len(EpisodeLog(log).read()) == 2
+    recorded = json.loads(evaluate.identity_path(log).read_text())
+    assert recorded["prompt:babyai"] == "babyai-9+base-1" and recorded["prompt:pddl"] == "pddl-1+base-1"
+
+
+def test_a_log_without_a_recorded_identity_is_not_reused(tmp_path):
+    log = tmp_path / "e.jsonl"
+    first = _played(log)
+    evaluate.identity_path(log).unlink()  # a log written by an older refinelib: no identity
+    with pytest.warns(UserWarning, match="no identity recorded"):
+        _played(log)
+    assert (tmp_path / "e.stale-1.jsonl").read_text() == _json_lines(first)
+    # an older sidecar (settings only, no versions) is not trusted either
+    evaluate.identity_path(log).write_text(json.dumps({"max_steps": 30}))
+    with pytest.warns(UserWarning, match=r"suite:pddl: None -> '1\+pddl-1'"):
+        _played(log)
+
+
+def test_environment_code_versions_each_familys_own_files():
+    assert evaluate.environment_code("pddl") == evaluate.environment_code("pddl")
+    assert len({evaluate.environment_code(f) for f in ("pddl", "babyai", "household")}) == 3
+    with pytest.raises(ValueError, match="unknown environment family"):
+        evaluate.environment_code("chess")
+
+
+def test_a_second_writer_of_a_log_folder_is_refused_naming_the_holder(tmp_path):
+    from refinelib.runs import RunLockedError
+    from tests.writers import held
+
+    with held(tmp_path) as holder:
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid}\b"):
+            _played(tmp_path / "e.jsonl")
+        assert not (tmp_path / "e.jsonl").exists()
+    _played(tmp_path / "e.jsonl")  # released with the holder

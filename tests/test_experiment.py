@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from refinelib import experiment, metrics
+from refinelib import evaluate, experiment, metrics
 from refinelib.episodes import AgentTurn, Episode, EpisodeLog
 
 
@@ -62,6 +62,33 @@ def test_other_settings_under_the_same_run_id_set_the_old_log_aside_and_play_aga
     stale = path.with_name("random.stale-1.jsonl")
     assert stale.is_file() and json.loads(stale.read_text().splitlines()[0])["instance"] == first[0].instance
     assert json.loads(path.with_suffix(".settings.json").read_text())["max_steps"] == 6
+
+
+def test_a_changed_prompt_version_sets_the_shared_log_aside_and_plays_again(artifacts, monkeypatch):
+    kw = dict(eval_run_id="r", max_instances=1, max_steps=3, progress_bar=False)
+    first = experiment.evaluate_model("random", "random", ["pddl"], **kw)
+    path = experiment.episodes_path("r", "random")
+    monkeypatch.setattr(evaluate, "prompt_version", lambda family: f"{family}-2+base-1")
+    loaded = []
+    real_load = experiment.load_policy
+    monkeypatch.setattr(experiment, "load_policy", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    with pytest.warns(UserWarning, match=r"prompt:pddl: 'pddl-1\+base-1' -> 'pddl-2\+base-1'"):
+        again = experiment.evaluate_model("random", "random", ["pddl"], **kw)
+    assert loaded and again[0].meta["prompt_version"] == "pddl-2+base-1"  # played again, not reused
+    assert path.with_name("random.stale-1.jsonl").read_text() == first[0].to_json() + "\n"
+    loaded.clear()
+    assert experiment.evaluate_model("random", "random", ["pddl"], **kw) == again and not loaded
+
+
+@pytest.mark.parametrize("field,value", [("max_steps", 0), ("batch_size", 0), ("max_instances", -1)])
+def test_an_argument_out_of_range_is_refused_before_the_log_is_touched(artifacts, field, value):
+    kw = dict(eval_run_id="r", max_instances=1, max_steps=3, progress_bar=False)
+    experiment.evaluate_model("random", "random", ["pddl"], **kw)
+    path = experiment.episodes_path("r", "random")
+    before = path.read_text(), path.with_suffix(".settings.json").read_text()
+    with pytest.raises(ValueError, match=f"^evaluate: {field} must be"):
+        experiment.evaluate_model("random", "random", ["pddl"], **{**kw, field: value})
+    assert (path.read_text(), path.with_suffix(".settings.json").read_text()) == before
 
 
 def test_a_missing_model_folder_says_to_run_notebook_03(artifacts):
@@ -130,7 +157,11 @@ def test_main_table_marks_held_in_cells_only_for_memorising_models_and_gives_cis
     assert shown.index.tolist() == ["expert_only", "base"]
     assert shown.loc["expert_only", "household_held_in"] == "50.0 / 50.0*"
     assert shown.loc["base", "household_held_in"] == "50.0 / 50.0"
-    assert shown.loc["expert_only", "held-out mean"] == "50.0 / 50.0"  # the held-in cell is left out
+    # the held-in cell is left out, and the label says how many suites the mean averages
+    assert shown.loc["expert_only", "held-out mean"] == "50.0 / 50.0 (1 suite)"
+    assert shown.loc["base", "held-out mean"] == "50.0 / 50.0 (2 suites)"
+    counted = experiment.held_out_mean(table).set_index("policy").suites
+    assert counted.to_dict() == {"base": 2, "expert_only": 1}
 
 
 def test_memorised_format_on_another_family_and_under_a_household_perturbation():
@@ -182,7 +213,12 @@ def test_paper_tables_are_labelled_and_reproduce_the_papers_averages():
     assert main[(main.model == "AgentGen (L3-8B)") & (main.task == "SciWorld")].success_rate.isna().all()
     shown = experiment.paper_wide(["Agent-FLAN (L3-8B)", "AgentRefine (L3-8B)"])
     assert shown.loc["Agent-FLAN (L3-8B)", "ALFWorld"] == "67.2 / 79.7*"
-    assert shown.loc["AgentRefine (L3-8B)", "five-task mean"] == "24.7 / 45.4"  # method.md §15.1
+    assert shown.loc["AgentRefine (L3-8B)", "mean"] == "24.7 / 45.4"  # method.md §15.1
+    assert shown.loc["AgentRefine (L3-8B)", "tasks in mean"] == 5
+    # AgentGen has numbers for 3 of the 5 tasks: its mean says so instead of passing for a five-task mean
+    agentgen = experiment.paper_wide(["AgentGen (L3-8B)"]).loc["AgentGen (L3-8B)"]
+    assert agentgen["tasks in mean"] == 3 and agentgen["mean"] == "20.4 / 35.2"
+    assert "five-task mean" not in shown.columns
     assert "paper" in shown.attrs["source"]
     rob = experiment.paper_robustness_table()
     assert "paper" in rob.attrs["source"]
@@ -199,8 +235,13 @@ def test_short_rule_names():
     assert experiment.short_rule("none") == "original" and experiment.short_rule("perturb-v1:R5") == "R5"
 
 
-def test_settings_sidecar_records_the_model(artifacts):
+def test_settings_sidecar_records_the_model_and_the_versions_of_what_was_played(artifacts):
     experiment.evaluate_model("oracle", "oracle", ["pddl"], eval_run_id="s", max_instances=1, max_steps=4,
                               progress_bar=False)
     sidecar = experiment.episodes_path("s", "oracle").with_suffix(".settings.json")
-    assert json.loads(sidecar.read_text()) == {"model": "oracle", "scale": "small", "max_steps": 4}
+    recorded = json.loads(sidecar.read_text())
+    assert {k: recorded[k] for k in ("model", "scale", "max_steps")} == {"model": "oracle", "scale": "small",
+                                                                          "max_steps": 4}
+    assert recorded["suite:pddl"] == "1+pddl-1" and recorded["prompt:pddl"] == "pddl-1+base-1"
+    assert recorded["env_code:pddl"] == evaluate.environment_code("pddl")
+    assert recorded["policy"] == {"name": "oracle", "class": "OraclePolicy"}

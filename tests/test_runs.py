@@ -4,12 +4,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 
 import pytest
 
 from refinelib import paths, runs
+from tests.writers import HOLDER, in_threads, spawn
 
 
 # ----- atomic writes ---------------------------------------------------------------------------------
@@ -39,44 +39,19 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path):
 
 def test_parallel_writers_never_share_a_temporary_name(tmp_path):
     target = tmp_path / "x.json"
-    errors = []
-
     def write(i):
-        try:
-            for _ in range(30):
-                runs.write_json_atomic(target, {"writer": i, "pad": "x" * 5000})
-        except Exception as why:  # noqa: BLE001 - collected and asserted below
-            errors.append(why)
+        for _ in range(30):
+            runs.write_json_atomic(target, {"writer": i, "pad": "x" * 5000})
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = in_threads(write)
     assert errors == []
     assert json.loads(target.read_text())["writer"] in range(4)
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 # ----- the run lock ----------------------------------------------------------------------------------
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from refinelib.runs import RunLock
-    with RunLock(sys.argv[1]):
-        print("locked", flush=True)
-        time.sleep(float(sys.argv[2]))
-""")
-
-
-def _spawn_holder(folder, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
 def test_a_second_writer_gets_one_error_naming_the_holders_pid(tmp_path):
-    proc = _spawn_holder(tmp_path / "run", 60)
+    proc = spawn(tmp_path / "run", 60)
     try:
         with pytest.raises(runs.RunLockedError, match=rf"pid {proc.pid}\b") as caught:
             with runs.RunLock(tmp_path / "run"):
@@ -89,7 +64,7 @@ def test_a_second_writer_gets_one_error_naming_the_holders_pid(tmp_path):
 
 
 def test_the_lock_is_released_when_the_holder_is_killed(tmp_path):
-    proc = _spawn_holder(tmp_path, 60)
+    proc = spawn(tmp_path, 60)
     proc.kill()
     proc.wait()
     with runs.RunLock(tmp_path) as lock:
@@ -100,7 +75,7 @@ def test_the_lock_is_released_on_exit_and_on_an_exception(tmp_path):
     with pytest.raises(KeyError):
         with runs.RunLock(tmp_path):
             raise KeyError("boom")
-    proc = _spawn_holder(tmp_path, 0)  # a new process gets it at once
+    proc = spawn(tmp_path, 0)  # a new process gets it at once
     assert proc.wait() == 0
     assert (tmp_path / ".lock").read_text() == ""  # no holder recorded once released
 
