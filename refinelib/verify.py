@@ -56,6 +56,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+import regex
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -74,6 +76,7 @@ REASONS = {
     "script_empty_field": "Environment, Goal, Completion Conditions or Available Actions empty or mistyped",
     "script_bad_action": "an Available Action is not an object with 'verification code' and 'parameters'",
     "script_bad_regex": "a verification code does not compile",
+    "script_regex_timeout": "a verification code took longer than the time limit to match an action",
     "script_group_mismatch": "a verification code has not one capture group per template placeholder",
     "script_bad_parameters": "a placeholder has no non-empty list of allowed values",
     "script_duplicate_template": "two Available Actions have the same template",
@@ -96,6 +99,40 @@ REASONS = {
 }
 SCRIPT_REASONS = frozenset(r for r in REASONS if r.startswith("script_"))
 EXTRA_REASONS = frozenset({"role_order", "turn_numbering", "error_not_refined", "too_few_episodes"})
+# Seconds one verification code may take to match one action. Codes are written by an LLM, and one
+# catastrophic pattern such as ``^(a|a)*$`` would otherwise stall a whole batch.
+REGEX_TIMEOUT = 0.5
+
+
+class RegexTimeout(TimeoutError):
+    """A verification code did not finish matching within :data:`REGEX_TIMEOUT` seconds."""
+
+
+def compile_code(pattern: str) -> regex.Pattern:
+    """Compile a verification code (``re`` syntax) with the ``regex`` package, whose matches take a timeout.
+
+    Raises:
+        regex.error: the pattern does not compile.
+    """
+    return regex.compile(pattern)
+
+
+def full_match(code: regex.Pattern, text: str):
+    """``code.fullmatch(text)`` within :data:`REGEX_TIMEOUT` seconds; :class:`RegexTimeout` past it.
+
+    >>> full_match(compile_code(r"cat (.+)"), "cat notes.txt").group(1)
+    'notes.txt'
+    >>> try:  # catastrophic backtracking: stopped at the time limit
+    ...     full_match(compile_code(r"^(a|a)*$"), "a" * 40 + "!")
+    ... except RegexTimeout as error:
+    ...     print(str(error)[:50])
+    verification code '^(a|a)*$' took over 0.5 s to ma
+    """
+    try:
+        return code.fullmatch(text, timeout=REGEX_TIMEOUT)
+    except TimeoutError:
+        raise RegexTimeout(f"verification code {code.pattern!r} took over {REGEX_TIMEOUT} s to match "
+                           f"{text[:80]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -212,7 +249,7 @@ _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 @dataclass(frozen=True)
 class _Action:
     template: str
-    regex: re.Pattern
+    regex: regex.Pattern
     slots: tuple[str, ...]                  # placeholder names in template order (a group each)
     allowed: dict[str, frozenset[str]]      # placeholder -> normalised allowed values
 
@@ -262,12 +299,12 @@ def _compile(script) -> tuple[list[_Action] | None, Verdict]:
         if not isinstance(spec, Mapping) or not isinstance(spec.get("verification code"), str):
             return bad("script_bad_action", f"{where}: needs a string 'verification code'")
         try:
-            regex = re.compile(spec["verification code"])
-        except (re.error, RecursionError, OverflowError) as error:
+            code = compile_code(spec["verification code"])
+        except (regex.error, re.error, RecursionError, OverflowError, ValueError) as error:
             return bad("script_bad_regex", f"{where}['verification code'] does not compile: {error}")
         slots = tuple(s.strip() for s in _PLACEHOLDER.findall(template))
-        if regex.groups != len(slots):
-            return bad("script_group_mismatch", f"{where}['verification code'] has {regex.groups} capture "
+        if code.groups != len(slots):
+            return bad("script_group_mismatch", f"{where}['verification code'] has {code.groups} capture "
                        f"group(s) but the template has {len(slots)} placeholder(s) {list(slots)}")
         params = spec.get("parameters")
         if not slots:
@@ -284,7 +321,7 @@ def _compile(script) -> tuple[list[_Action] | None, Verdict]:
                 return bad("script_bad_parameters",
                            f"{where}['parameters'][{slot!r}] must be a non-empty list of non-empty values")
             allowed[slot] = frozenset(_norm(v) for v in values)
-        compiled.append(_Action(template, regex, slots, allowed))
+        compiled.append(_Action(template, code, slots, allowed))
     return compiled, Verdict(True, "ok", f"{len(compiled)} available action(s)", stage="script")
 
 
@@ -305,7 +342,10 @@ def _rule_check(actions: list[_Action], action: str) -> tuple[bool, str | None, 
         return False, None, "not_a_string"
     first = None
     for spec in actions:
-        match = spec.regex.fullmatch(action)
+        try:
+            match = full_match(spec.regex, action)
+        except RegexTimeout:
+            return False, spec.template, "regex_timeout"
         if match is None:
             continue
         values = [_norm(g if g is not None else "") for g in match.groups()]
@@ -328,7 +368,8 @@ def rule_check(script, action) -> tuple[bool, str | None, str]:
 
     Returns:
         ``(ok, template, reason)``: ``reason`` is ``"ok"``, ``"bad_parameter"`` (``template`` = the first
-        template whose regex matched), ``"no_match"``, ``"not_a_string"`` or ``"script_invalid"``
+        template whose regex matched), ``"no_match"``, ``"not_a_string"``, ``"regex_timeout"`` (the
+        template whose verification code ran past :data:`REGEX_TIMEOUT`) or ``"script_invalid"``
         (the script fails :func:`check_script`; ``template`` is None).
     """
     actions, verdict = _compile(script)
@@ -432,6 +473,10 @@ def verify(script, trajectory, min_error_episodes: int = 2, strict: bool = True,
             return fail("dm_turn_missing", f"turn {i} (Player) is followed by turn {i + 1} (Player), not "
                         "by the DM turn judging it", i)
         ok, template, why = _rule_check(actions, turn["Action"])
+        if why == "regex_timeout":  # the script is at fault, not the turn: regenerate the script
+            return Verdict(False, "script_regex_timeout", f"'Available Actions'[{template!r}]['verification "
+                           f"code'] took over {REGEX_TIMEOUT} s to match turn {i}'s action "
+                           f"{turn['Action']!r:.80}", stage="script")
         if ok == nxt["parameter_error"]:
             said = "valid" if ok else {"no_match": "matches no available action",
                                        "bad_parameter": f"matches {template!r} with a value outside its "

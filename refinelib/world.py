@@ -23,6 +23,8 @@ import re
 from collections import deque
 from typing import Any
 
+from refinelib.verify import compile_code, full_match
+
 FLAGS = ("parameter_error", "place_error", "logic_error")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 FORMAT_ERROR = "Error: invalid command format."
@@ -57,13 +59,14 @@ class Action:
         self.spec = spec
         self.template = spec["template"]
         self.slots = PLACEHOLDER.findall(self.template)
-        self.regex = re.compile(spec.get("verification code") or template_regex(self.template))
+        # an executable script's codes may come from an LLM: matched under verify's time limit
+        self.regex = compile_code(spec.get("verification code") or template_regex(self.template))
         self.parameters = {k: list(v) for k, v in spec["parameters"].items()}
         self.allowed = {k: {norm(v): v for v in vs} for k, vs in self.parameters.items()}
 
     def parse(self, text: str) -> dict[str, str] | None | bool:
         """The (canonical) slot values, False when the regex fails, None when a value is not allowed."""
-        m = self.regex.fullmatch(text)
+        m = full_match(self.regex, text)
         if not m:
             return False
         values = {k: self.allowed[k].get(norm(g)) for k, g in zip(self.slots, m.groups(), strict=True)}
@@ -148,7 +151,7 @@ class World:
             flags["parameter_error"] = True
             if matched is None:
                 return FORMAT_ERROR, flags, state
-            m = matched.regex.fullmatch(text.strip())
+            m = full_match(matched.regex, text.strip())
             slot, value = next((s, v.strip()) for s, v in zip(matched.slots, m.groups(), strict=True)
                                if norm(v) not in matched.allowed[s])
             return f"Error: '{value}' is not a valid {slot} here.", flags, state

@@ -141,6 +141,8 @@ CASES = {  # reason -> (kwargs of verify, expected verified_prefix)
     "script_empty_field": (dict(script=script_with(Goal="  ")), 0),
     "script_bad_action": (dict(script=script_with(**{"Available Actions": {"ls": {"parameters": {}}}})), 0),
     "script_bad_regex": (dict(script=action("rm {file}", r"^rm\s+(.+$", {"file": ["a"]})), 0),
+    "script_regex_timeout": (dict(script=action("ls", r"^(?:l|l)*s?$", {}),
+                                  trajectory=with_turn(3, Action="l" * 40 + "!")), 0),
     "script_group_mismatch": (dict(script=action("mv {a} {b}", r"^mv\s+(\S+)\s+\S+$",
                                                  {"a": ["x"], "b": ["y"]})), 0),
     "script_bad_parameters": (dict(script=action("rm {file}", r"^rm\s+(.+)$", {"file": []})), 0),
