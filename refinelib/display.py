@@ -2,17 +2,54 @@
 
 Erroneous Player turns (their DM turn sets a flag) are shaded red with the flag named; the refinement
 turn after them is shaded green, so a reader sees the error -> feedback -> correction pattern at once.
+
+Every string in a script, a trajectory or a persona may have been written by an LLM, so each one is
+escaped on its way out: HTML special characters become entities (no tag, script or link of the model's
+reaches the page) and so do the Markdown characters that could open a code span, a table cell, a link or
+emphasis. The texts still read exactly as written.
+
+>>> markdown_text("<b>bold</b> | `code`")
+'&lt;b&gt;bold&lt;/b&gt; &#124; &#96;code&#96;'
+>>> "<script>" in trajectory_html([{"turn": 0, "role": "DM", "Observation": "<script>alert(1)</script>"}])
+False
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 from refinelib.verify import FLAGS
 
 ERROR_BG, REFINE_BG, DM_BG = "#fde2e1", "#e3f4e1", "#f3f4f6"
+# Markdown punctuation that could start markup (code spans, tables, links, emphasis, headings, HTML
+# entities); html.escape covers < > & " '. Written as numeric entities, they show as themselves.
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*_\[\]{}()#+!|~$]")
+
+
+def markdown_text(text, newlines: bool = True) -> str:
+    """``text`` (any value, as ``str``) made inert for Markdown with inline HTML: it shows as written.
+
+    Args:
+        newlines: keep line breaks (False: a table cell, where a newline would end the row).
+    """
+    out = _MARKDOWN_SPECIAL.sub(lambda m: f"&#{ord(m.group())};", html.escape(str(text)))
+    return out if newlines else " ".join(out.splitlines())
+
+
+def _code(text) -> str:
+    """Inline code for a Markdown table cell: an HTML ``<code>`` element around escaped text (a backtick
+    code span could be closed by a backtick in the text)."""
+    return f"<code>{markdown_text(text, newlines=False)}</code>"
+
+
+def _fence(text: str, language: str = "") -> str:
+    """A fenced code block longer than any backtick run in ``text`` (so the text cannot close it)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
 
 
 def script_markdown(script: Mapping, max_environment_chars: int = 1200) -> str:
@@ -20,14 +57,29 @@ def script_markdown(script: Mapping, max_environment_chars: int = 1200) -> str:
     env = json.dumps(script.get("Environment", {}), indent=1, ensure_ascii=False)
     if len(env) > max_environment_chars:
         env = env[:max_environment_chars] + "\n..."
-    actions = "\n".join(
-        f"| `{t}` | `{spec.get('verification code', '')}` | "
-        + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in spec.get("parameters", {}).items()) + " |"
-        for t, spec in script.get("Available Actions", {}).items())
-    conditions = "\n".join(f"- {c}" for c in script.get("Completion Conditions", []))
-    return (f"**Goal.** {script.get('Goal', '')}\n\n**Completion conditions.**\n{conditions}\n\n"
-            f"**Environment.**\n```json\n{env}\n```\n\n**Available actions.**\n\n"
-            f"| template | verification code | parameters |\n|---|---|---|\n{actions}\n")
+    actions = script.get("Available Actions", {})
+    rows = []
+    for template, spec in (actions.items() if isinstance(actions, Mapping) else ()):
+        spec = spec if isinstance(spec, Mapping) else {}
+        params = spec.get("parameters") or {}
+        values = "; ".join(
+            f"{markdown_text(k, False)}: "
+            + ", ".join(markdown_text(v, False) for v in (vs if isinstance(vs, list) else [vs]))
+            for k, vs in (params.items() if isinstance(params, Mapping) else ()))
+        rows.append(f"| {_code(template)} | {_code(spec.get('verification code', ''))} | {values} |")
+    conditions = script.get("Completion Conditions", [])
+    conditions = "\n".join(f"- {markdown_text(c, False)}"
+                           for c in (conditions if isinstance(conditions, list) else [conditions]))
+    return (f"**Goal.** {markdown_text(script.get('Goal', ''))}\n\n"
+            f"**Completion conditions.**\n{conditions}\n\n**Environment.**\n{_fence(env, 'json')}\n\n"
+            "**Available actions.**\n\n"
+            "| template | verification code | parameters |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def sample_heading(sample_id: str, theme: str = "", persona: str = "") -> str:
+    """A sample's heading line in Markdown: its id, theme and (LLM teachers) persona, all escaped."""
+    out = f"**{markdown_text(sample_id)}** — theme {_code(theme or 'llm')}"
+    return out + (f", persona: *{markdown_text(persona)}*" if persona else "")
 
 
 def trajectory_html(trajectory: Sequence[Mapping], max_chars: int = 400) -> str:
@@ -47,13 +99,13 @@ def trajectory_html(trajectory: Sequence[Mapping], max_chars: int = 400) -> str:
             flags = [f for f in FLAGS if turn.get(f)]
             label, bg = ", ".join(flags), DM_BG
             text = _esc(turn.get("Observation", ""), max_chars)
-        rows.append(f'<tr style="background:{bg}"><td>{turn.get("turn", i)}</td><td><b>{role}</b></td>'
-                    f"<td>{text}</td><td>{label}</td></tr>")
+        rows.append(f'<tr style="background:{bg}"><td>{_esc(turn.get("turn", i))}</td><td><b>{_esc(role)}</b>'
+                    f"</td><td>{text}</td><td>{label}</td></tr>")
     return ('<table style="font-size:90%"><thead><tr><th>turn</th><th>role</th><th>thought / action / '
             "observation</th><th>flags</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def _esc(text: str, limit: int | None = None) -> str:
+def _esc(text, limit: int | None = None) -> str:
     text = str(text)
     if limit and len(text) > limit:
         text = text[:limit] + " ..."
