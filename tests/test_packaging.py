@@ -82,6 +82,10 @@ def test_make_book_reruns_a_changed_notebook_and_everything_downstream(tmp_path)
     for stem in stems:  # executed copies, newer than everything (one time stamp: none is behind another)
         (tmp_path / "book" / "executed" / f"{stem}.ipynb").write_text("{}")
         os.utime(tmp_path / "book" / "executed" / f"{stem}.ipynb", (now, now))
+    # the parameter records of those runs (book/executed/.params/, written by make), as old as the sources
+    subprocess.run(["make", "-n", "book"], cwd=tmp_path, capture_output=True, check=True)
+    for path in (tmp_path / "book" / "executed" / ".params").iterdir():
+        os.utime(path, (past, past))
 
     def reruns() -> list[str]:
         out = subprocess.run(["make", "-n", "book"], cwd=tmp_path, capture_output=True, text=True, check=True)
