@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -39,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from refinelib.paths import cache_dir as default_cache_dir
 from refinelib.paths import write_atomic
@@ -52,6 +53,65 @@ CACHE_FORMAT = 1  # bump when the cache file layout changes; older files then re
 # Parameters LLMClient sets itself, or that would break "one answer per request": refused in `extra`.
 RESERVED_EXTRA = ("model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
                   "stream", "timeout", "extra_headers", "extra_query")
+# Query parameters whose values are credentials (api_key=, token=, sig=, ...): never stored.
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential|session", re.I)
+REDACTED = "***"
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without its credentials: the ``user:password@`` part and the values of secret-looking query
+    parameters become ``***``. Every place that stores or shows a ``base_url`` (configs, cache files,
+    manifests, error messages) uses this; the URL with credentials is only ever handed to the HTTP client.
+
+    >>> redact_url("https://alice:s3cret@llm.example.com:8443/v1?api_key=abc&region=eu")
+    'https://***@llm.example.com:8443/v1?api_key=***&region=eu'
+    >>> redact_url("http://localhost:8000/v1")
+    'http://localhost:8000/v1'
+    """
+    if url is None:
+        return None
+    parts = urlsplit(str(url))
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(f"{k}={REDACTED}" if _SECRET_PARAM.search(k) and v else f"{k}={v}" if sep else k
+                     for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_URL = re.compile(r"https?://[^\s'\"<>]+")
+# The HTTP stack logs every request's full URL (httpx at INFO); its records pass through this filter.
+HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "openai._base_client")
+
+
+class _RedactURLs(logging.Filter):
+    """Rewrites URLs in a log record with :func:`redact_url` (a base_url's credentials never reach a log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            redacted = _URL.sub(lambda m: redact_url(m.group()), message)
+            if redacted != message:
+                record.msg, record.args = redacted, ()
+        return True
+
+
+_REDACT_FILTER = _RedactURLs()
+
+
+def _url_secrets(url: str | None) -> list[str]:
+    """The credential strings inside ``url`` (what :func:`redact_url` hides), longest first."""
+    if not url:
+        return []
+    parts = urlsplit(str(url))
+    found = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        found += [userinfo, *userinfo.split(":")]
+    found += [v for k, _, v in (item.partition("=") for item in parts.query.split("&"))
+              if _SECRET_PARAM.search(k)]
+    # very short pieces (a one-letter user name) would blank ordinary words of a message
+    return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)
 
 
 @dataclass
@@ -112,9 +172,13 @@ class LLMConfig:
         except TypeError as error:
             raise bad("extra", f"must be JSON-serialisable (it is part of the cache key): {error}") from None
 
+    def __repr__(self) -> str:
+        return "LLMConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
+
     def to_dict(self) -> dict:
-        """The config as plain data (names the key's environment variable, never holds the key)."""
-        return asdict(self)
+        """The config as plain data to store: names the key's environment variable, never holds the key,
+        and ``base_url`` has its credentials removed (:func:`redact_url`)."""
+        return {**asdict(self), "base_url": redact_url(self.base_url)}
 
 
 @dataclass(frozen=True)
@@ -189,8 +253,13 @@ class LLMClient:
         # The key lives only inside the openai client (which sends it as a header), never on this object.
         self._openai = OpenAI(api_key=key, base_url=config.base_url, max_retries=config.max_retries,
                               timeout=config.timeout)
-        # the endpoint actually used (None resolves to OpenAI's, or OPENAI_BASE_URL): part of the cache key
-        self.endpoint = str(self._openai.base_url).rstrip("/")
+        # the endpoint actually used (None resolves to OpenAI's, or OPENAI_BASE_URL), without credentials:
+        # part of the cache key, which is stored in every cache file
+        self.endpoint = redact_url(str(self._openai.base_url).rstrip("/"))
+        self._url_secrets = _url_secrets(str(self._openai.base_url))
+        if self._url_secrets:
+            for name in HTTP_LOGGERS:  # idempotent: a filter is added once
+                logging.getLogger(name).addFilter(_REDACT_FILTER)
         self._lock = threading.Lock()
         self._key_locks: dict[str, list] = {}  # key -> [Lock, users]: one API call per key at a time
         self._ledger: dict[str, dict] = {}
@@ -198,8 +267,8 @@ class LLMClient:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"LLMClient(model={c.model!r}, base_url={c.base_url!r}, api_key_env={c.api_key_env!r}, "
-                f"cache_dir={str(self.cache_dir)!r})")
+        return (f"LLMClient(model={c.model!r}, base_url={redact_url(c.base_url)!r}, "
+                f"api_key_env={c.api_key_env!r}, cache_dir={str(self.cache_dir)!r})")
 
     def __enter__(self) -> LLMClient:
         return self
@@ -323,12 +392,15 @@ class LLMClient:
         return LLMError(stage, kind, status, self._scrub(detail))
 
     def _scrub(self, text: str) -> str:
-        """Servers may echo the key (or part of it) in error messages: never pass it on."""
+        """Servers may echo the key (or part of it), or the URL's credentials, in error messages: never pass
+        them on."""
         key = self._openai.api_key
         if key and key != LOCAL_PLACEHOLDER_KEY:
             text = text.replace(key, "***")
             if len(key) > 8:  # OpenAI echoes "sk-abc***...wxyz"; drop the visible tail too
                 text = text.replace(key[-4:], "***")
+        for secret in self._url_secrets:
+            text = text.replace(secret, REDACTED)
         return text
 
     def complete_many(self, requests: list[Request], *, progress: bool = True) -> list[Completion | LLMError]:

@@ -245,3 +245,25 @@ def test_bad_requests_are_refused_before_any_call(tmp_path):
         with pytest.raises(ValueError, match=r"requests\[1\]: stage"):
             client.complete_many([Request(user("hi"), stage="script"), Request(user("hi"), stage="")])
         assert server.requests == []
+
+
+def test_credentials_in_base_url_are_used_but_never_stored_or_shown(tmp_path, caplog):
+    from refinelib.llm import redact_url
+    from refinelib.synthesis import SynthesisConfig, synthesize
+
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAI() as server:
+        url = server.base_url.replace("http://", "http://alice:URLSECRET42@")
+        client = LLMClient(LLMConfig("m", base_url=url, max_retries=0), cache_dir=tmp_path / "cache")
+        assert client.complete(user("hi"), stage="script").text == "echo: hi"  # the URL works
+        synthesize(SynthesisConfig(n=1, llm_thoughts=True), tmp_path / "run", client=client, progress=False)
+    with pytest.raises(LLMError) as down:  # the server is gone: the error names the endpoint
+        LLMClient(LLMConfig("m", base_url=url, max_retries=0), cache_dir=tmp_path / "c2").complete(
+            user("again"), stage="script")
+    assert "***@127.0.0.1" in str(down.value)
+    written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert "***@127.0.0.1" in written  # configs and cache files name the endpoint, without credentials
+    for text in [written, repr(client), repr(client.config), json.dumps(client.config.to_dict()),
+                 str(down.value), caplog.text]:
+        assert "URLSECRET42" not in text and "alice" not in text
+    assert redact_url("https://h/v1?token=abc&x=1&sig=") == "https://h/v1?token=***&x=1&sig="
