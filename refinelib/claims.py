@@ -248,6 +248,9 @@ def paired_units(table: pd.DataFrame, claim: Claim) -> pd.DataFrame | None:
     rows = rows[rows.setting.isin(settings)]
     if set(rows.policy) != set(claim.models):
         return None
+    ids = rows.groupby("setting").perturbation.nunique()  # e.g. two versions of the rule set
+    if (ids > 1).any():
+        raise ValueError(f"claim ({claim.id}): one rule under several ids: {sorted(ids.index[ids > 1])}")
     perturbation = {"original": ORIGINAL} | dict(zip(rows.setting, rows.perturbation, strict=True))
     if len(perturbation) < len(settings):
         raise ValueError(f"claim ({claim.id}): no episode under {sorted(set(settings) - set(perturbation))}")
@@ -308,7 +311,9 @@ def verdict(lo: float, hi: float, n: int, direction: int = 1, margin: float = MA
     if -margin < lo and hi < margin:
         if n >= n_equivalence:
             return CONTRADICTED, f"the 95% interval lies inside {points} (TOST-style equivalence)"
-        return INCONCLUSIVE, f"the interval lies inside {points}, but equivalence needs {n_equivalence} pairs"
+        why = (f"equivalence needs {n_equivalence} pairs" if math.isfinite(n_equivalence) else
+               "this statistic has no equivalence reading")
+        return INCONCLUSIVE, f"the interval lies inside {points}, but {why}"
     return INCONCLUSIVE, "the 95% interval includes 0"
 
 
@@ -326,9 +331,9 @@ def _scale(n: int, se: float, estimate: float, c: Claim, need_eq: float) -> dict
     return out
 
 
-COLUMNS = ["claim", "name", "metric", "primary", "hypothesis", "first", "second", "suites", "n_pairs",
-           "difference", "ci_lo", "ci_hi", "margin", "direction", "verdict", "reason", "paper_difference",
-           "paper_label", "mde", "pairs_to_detect", "pairs_for_equivalence"]
+COLUMNS = ["claim", "name", "metric", "statistic", "primary", "hypothesis", "first", "second", "suites",
+           "n_pairs", "difference", "ci_lo", "ci_hi", "margin", "direction", "verdict", "reason",
+           "paper_difference", "paper_label", "mde", "pairs_to_detect", "pairs_for_equivalence"]
 
 
 def evaluate_claims(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, n_boot: int = N_BOOT,
@@ -348,8 +353,8 @@ def evaluate_claims(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, n_boo
     """
     rows = []
     for c in claims:
-        row = {"claim": c.id, "name": c.name, "metric": c.metric, "primary": c.primary,
-               "hypothesis": c.hypothesis, "first": c.models[0], "second": c.models[1],
+        row = {"claim": c.id, "name": c.name, "metric": c.metric, "statistic": c.statistic,
+               "primary": c.primary, "hypothesis": c.hypothesis, "first": c.models[0], "second": c.models[1],
                "suites": ", ".join(c.suites), "margin": 100 * c.margin, "direction": c.direction,
                "paper_difference": 100 * c.paper() if c.paper else math.nan, "paper_label": c.paper_label}
         units = paired_units(table, c)
@@ -435,7 +440,9 @@ def plot_verdicts(verdicts: pd.DataFrame, ax=None):
     ax.scatter(sign[paper] * v["paper_difference"].to_numpy()[paper], y[paper], marker="D", facecolor="none",
                edgecolor="black", zorder=3, label="the paper's difference")
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(y, [f"({r.claim}) {r.metric}{'' if r.primary else ' *'}" for r in v.itertuples()])
+    what = {"mean": "", "did": ", drop (DiD)", "rule_std": ", std over settings"}
+    ax.set_yticks(y, [f"({r.claim}) {r.metric}{what[r.statistic]}{'' if r.primary else ' *'}"
+                      for r in v.itertuples()])
     ax.set_xlabel("paired difference in the claimed direction (points; grey: ±margin)")
     handles = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
     ax.legend(handles.values(), handles.keys(), loc="best", fontsize="small")

@@ -167,6 +167,9 @@ def test_robustness_needs_every_rule_for_every_instance():
         claims.evaluate_claims(table.drop(index=table.index[-1]), [claims.CLAIMS[7]])
     with pytest.raises(ValueError, match=r"no episode under \['R5'\]"):
         claims.evaluate_claims(table[~table.perturbation.str.endswith("R5")], [claims.CLAIMS[7]])
+    other_version = table[table.perturbation.str.endswith("R1")].assign(perturbation="perturb-v2:R1")
+    with pytest.raises(ValueError, match=r"one rule under several ids: \['R1'\]"):
+        claims.evaluate_claims(pd.concat([table, other_version]), [claims.CLAIMS[7]])
 
 
 # ----- the bootstrap and the power calculation ---------------------------------------------------------
