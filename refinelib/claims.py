@@ -204,8 +204,8 @@ _T1, _FIG2 = "the paper's Table 1", "the paper shows it qualitatively (Fig. 2)"
 _T2 = "the paper's Table 2: AgentRefine - w erroneous loss, five-task mean"
 _FLAN, _BASE, _REFINE = "Agent-FLAN (L3-8B)", "LLaMA-3-8B-Instruct", "AgentRefine (L3-8B)"
 _T3 = "the paper's Table 3 (its P1-P5, not our R1-R5): Agent-FLAN - AgentRefine, ALFWorld success"
-_HI, _EO_B, _EO_R, _R_EO = ("household_held_in",), ("expert_only", "base"), ("expert_only", "refine"), (
-    "refine", "expert_only")
+_HI, _EO_B = ("household_held_in",), ("expert_only", "base")  # suites; (first, second) model pairs
+_EO_R, _R_EO = ("expert_only", "refine"), ("refine", "expert_only")
 CLAIMS: tuple[Claim, ...] = (
     Claim("a", "memorisation", "progress", progress, _EO_B, _HI, RATE_SD,
           partial(_paper_main, _FLAN, _BASE, _HI, "progress_rate"), f"{_T1}: {_FLAN} - {_BASE}, ALFWorld"),
