@@ -28,7 +28,7 @@ import shutil
 import statistics
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +81,11 @@ def split(records: Sequence[Mapping], val_fraction: float, seed: int) -> tuple[l
     Raises:
         ValueError: ``val_fraction`` outside [0, 1); RecordError: a duplicate id.
     """
-    if not 0 <= val_fraction < 1:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) \
+            or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     _check_ids(records)
     units = {r["id"]: _unit(seed, r["id"]) for r in records}
     in_val = {rid for rid, u in units.items() if u < val_fraction}
@@ -272,8 +275,21 @@ def save(records: Sequence[Mapping], out_dir: str | Path, *, val_fraction: float
         name, description: for the card.
 
     Raises:
-        RecordError: a malformed record or a duplicate id (named); ValueError: no records, or a bad meta key.
+        RecordError: a malformed record or a duplicate id (named); ValueError: no records, a bad argument
+        (named), or a bad meta key; all before anything is written.
     """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    if not isinstance(description, str):
+        raise ValueError(f"dataset {name!r}: description must be a string, got {type(description).__name__}")
+    if isinstance(records, str | bytes | Mapping) or not isinstance(records, Iterable):
+        raise ValueError(f"dataset {name!r}: records must be a sequence of chat records, "
+                         f"got {type(records).__name__}")
+    if meta is not None and not (isinstance(meta, Mapping)
+                                 and all(isinstance(m, Mapping) for m in meta.values())):
+        raise ValueError(f"dataset {name!r}: meta must map record ids to dicts of metadata")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"dataset {name!r}: out_dir {out_dir} is a file, not a directory")
     records = [chat.normalize_record(r) for r in records]
     if not records:
         raise ValueError(f"dataset {name!r}: no records to save")
@@ -338,6 +354,11 @@ def load_hf(out_dir: str | Path):
 
 def info(out_dir: str | Path) -> DatasetInfo:
     """The :class:`DatasetInfo` of a saved dataset, read from its ``stats.json``."""
-    saved = json.loads(_existing(out_dir, "stats.json").read_text(encoding="utf-8"))
-    return DatasetInfo(Path(out_dir), saved["name"], saved["counts"], saved["fingerprint"],
-                       saved["description"], saved["splits"])
+    path = _existing(out_dir, "stats.json")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return DatasetInfo(Path(out_dir), saved["name"], saved["counts"], saved["fingerprint"],
+                           saved["description"], saved["splits"])
+    except (ValueError, KeyError, TypeError) as error:
+        why = f"field {error} is missing" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path}: not a dataset's stats.json ({why})") from None

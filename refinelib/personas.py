@@ -104,7 +104,7 @@ def load_persona_hub(path: str | Path) -> list[Persona]:
     Raises:
         FileNotFoundError: when ``path`` does not exist.
         ValueError: naming ``file:line`` and the field, for a line that is not a JSON object with a
-            non-empty string persona.
+            non-empty string persona; naming the file when it holds no persona at all.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,6 +122,9 @@ def load_persona_hub(path: str | Path) -> list[Persona]:
             duplicates += 1
         else:
             found[text] = _make(text, "personahub")
+    if not found:  # an empty pool would fail later, far from its cause (candidate i takes persona i % 0)
+        raise ValueError(f"{path}: no personas (the file is empty or blank); Persona Hub's persona.jsonl has "
+                         f"one {{\"{HUB_FIELDS[0]}\": ...}} object a line")
     if duplicates:
         warnings.warn(f"{path}: dropped {duplicates} duplicate persona(s); {len(found)} distinct remain",
                       stacklevel=2)

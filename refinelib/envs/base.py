@@ -93,8 +93,11 @@ class TextEnv(ABC):
 
     family: ClassVar[str]
     version: ClassVar[str]  # bump when text, actions or progress change
+    OPTIONS: ClassVar[tuple[str, ...]] = ()  # the keyword options the family understands
 
     def __init__(self, task: str, **options: Any) -> None:
+        # an unknown option (a typo) would otherwise be ignored and the instance silently not the one asked
+        check_known(self.family, "options", sorted(options), self.OPTIONS)
         self.task = task
         self.options = options
         self.seed: int | None = None
@@ -177,6 +180,19 @@ class Instance:
     task: str
     seed: int
     options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("family", "task"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"Instance.{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"Instance.seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.options, tuple) or not all(
+                isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in self.options):
+            raise ValueError(f"Instance.options must be a tuple of (name, value) pairs, got {self.options!r}")
+        names = [k for k, _ in self.options]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Instance.options names an option twice: {names}")
 
     @property
     def id(self) -> str:

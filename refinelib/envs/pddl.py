@@ -300,10 +300,10 @@ class PDDLEnv(TextEnv):
 
     family = "pddl"
     version = "1"
+    OPTIONS = OPTIONS
 
     def __init__(self, task: str, **options: Any) -> None:
         check_known("pddl", "task", [task], TASKS)
-        check_known("pddl", "options", sorted(options), OPTIONS)
         super().__init__(task, **options)
         self.problem: Problem | None = None
         self.state: frozenset[str] = frozenset()

@@ -11,7 +11,7 @@ import importlib
 import os
 from dataclasses import dataclass
 
-from .base import Instance, TextEnv
+from .base import Instance, TextEnv, check_known
 
 # family -> "module:Class"; imported on first use so a missing backend only hurts its own family.
 FAMILIES: dict[str, str] = {
@@ -46,13 +46,23 @@ def family_module(family: str):
 
 
 def make(family: str, task: str, **options) -> TextEnv:
-    """An environment of ``family`` bound to ``task``; call ``reset(seed)`` to start."""
+    """An environment of ``family`` bound to ``task``; call ``reset(seed)`` to start.
+
+    Raises:
+        ValueError: an unknown family, task or option (naming it and listing the known ones), before the
+            family's backend starts.
+    """
     module, cls = _lookup(family)
-    return getattr(importlib.import_module(module), cls)(task, **options)
+    env_class = getattr(importlib.import_module(module), cls)
+    check_known(family, "options", sorted(options), env_class.OPTIONS)
+    return env_class(task, **options)
 
 
 def make_instance(instance: Instance) -> TextEnv:
     """The environment for ``instance``, not yet reset (call ``env.reset(instance.seed)``)."""
+    if not isinstance(instance, Instance):
+        raise ValueError(f"make_instance: instance must be a refinelib.envs.Instance, got "
+                         f"{type(instance).__name__}")
     return make(instance.family, instance.task, **dict(instance.options))
 
 
@@ -110,9 +120,9 @@ EVALUATION_SUITES = ("household_held_in", "household_held_out", "babyai", "sciwo
 
 def suite(name: str, scale: str = "small") -> Suite:
     """The suite called ``name`` at ``scale`` ("small" for CPU / CI, "agentboard" for AgentBoard sizes)."""
-    if name not in SUITES:
+    if not isinstance(name, str) or name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; known suites: {sorted(SUITES)}")
-    if scale not in SCALES:
+    if not isinstance(scale, str) or scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; known scales: {list(SCALES)}")
     spec = SUITES[name]
     module = family_module(spec.family)

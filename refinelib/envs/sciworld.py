@@ -224,6 +224,7 @@ class SciWorldEnv(TextEnv):
 
     family = FAMILY
     version = "1"
+    OPTIONS = ("simplification",)
 
     def __init__(self, task: str, simplification: str = "easy") -> None:
         super().__init__(task, simplification=simplification)

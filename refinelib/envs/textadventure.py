@@ -177,6 +177,7 @@ class TextAdventureEnv(TextEnv):
 
     family = FAMILY
     version = "1"
+    OPTIONS = ("difficulty",)
 
     def __init__(self, task: str, difficulty: str = "easy", **options: Any) -> None:
         check_known(FAMILY, "task", [task], TASKS)
