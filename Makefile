@@ -46,6 +46,8 @@ $(STAMP): pyproject.toml constraints-cpu.txt | $(BIN)/python
 # identities (refinelib.runs).
 book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) book/executed/.params/% $(STAMP)
 	$(BIN)/python -m refinelib.runbook $< $@ --profile $(PROFILE)
+# the manifests a chapter writes name it (refinelib.manifest: the results chapters gather this build's)
+book/executed/%.ipynb: export REFINELIB_NOTEBOOK = $*
 
 # book/executed/.params/<chapter> holds "<profile> <checksum of configs/<profile>/<chapter>.yaml or none>"
 # and is rewritten only when that changes: switching PROFILE re-runs every chapter, editing, adding or

@@ -148,3 +148,15 @@ def test_clean_says_what_it_removes_and_distclean_removes_the_artifacts(tree):
     dist = subprocess.run(["make", "distclean"], cwd=tree, capture_output=True, text=True)
     assert dist.returncode == 0 and "removing artifacts/" in dist.stdout
     assert not (tree / "artifacts").exists()
+
+
+def test_each_chapter_runs_with_its_name_in_refinelib_notebook(tree):
+    """The manifests a chapter writes name it (refinelib.manifest reads REFINELIB_NOTEBOOK)."""
+    python = tree / ".venv" / "bin" / "python"
+    python.write_text('#!/bin/sh\necho "$REFINELIB_NOTEBOOK" >> ran.txt\n')
+    python.chmod(0o755)  # an order-only prerequisite of the environment: editing it re-installs nothing
+    _edit(tree / "notebooks" / "07_ablations.ipynb", new=" ")
+    done = subprocess.run(["make", "book/executed/07_ablations.ipynb"], cwd=tree, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tree / "ran.txt").read_text() == "07_ablations\n"

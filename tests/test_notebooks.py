@@ -7,6 +7,7 @@ rendered site must not contain it (nor any other secret-looking environment valu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,21 +39,50 @@ def workdir(tmp_path_factory):
 
 
 _RUNS: dict[str, dict] = {}
+GATHERING = ("08_results", "09_reproducibility")  # the chapters that gather this build's outputs
+
+
+@contextlib.contextmanager
+def environment(**env: str):
+    """``os.environ`` with ``env`` set (the kernels papermill starts inherit it), restored after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def smoke_run(path: Path, workdir: Path) -> dict:
-    """Execute one notebook in smoke mode into ``workdir/book/executed`` (once per module)."""
+    """Execute one notebook in smoke mode into ``workdir/book/executed`` (once per module), as ``make book``
+    does: the manifests it writes name it (REFINELIB_NOTEBOOK)."""
     if path.stem not in _RUNS:
-        out = workdir / "book" / "executed" / path.name
-        env = {"REFINELIB_ARTIFACTS": str(workdir / "artifacts"), "OPENAI_API_KEY": FAKE_KEY}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            _RUNS[path.stem] = runbook.execute(path, out, {"smoke": True, "run_id": "smoke"})
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        executed = workdir / "book" / "executed"
+        params = {"smoke": True, "run_id": "smoke"}
+        if path.stem in GATHERING:
+            params["executed_dir"] = str(executed)
+            plant_leftovers(workdir / "artifacts")
+        with environment(REFINELIB_ARTIFACTS=str(workdir / "artifacts"), OPENAI_API_KEY=FAKE_KEY,
+                         REFINELIB_NOTEBOOK=path.stem):
+            _RUNS[path.stem] = runbook.execute(path, executed / path.name, params)
     return _RUNS[path.stem]
+
+
+LEFTOVER = "leftover-of-an-earlier-build"
+
+
+def plant_leftovers(artifacts: Path) -> None:
+    """What an earlier build left in artifacts/: a model folder the tuning chapter no longer trains, and a
+    completed run of an old chapter run; the results chapters must show neither."""
+    model = artifacts / "tuning" / "smoke" / LEFTOVER
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "loss_history.csv").write_text("step,epoch,split,loss\n1,1,train,9.9\n")
+    old = artifacts / "synthesis" / LEFTOVER
+    old.mkdir(parents=True, exist_ok=True)
+    (old / "manifest.json").write_text(json.dumps({
+        "notebook": "02_refinement_synthesis", "run_id": LEFTOVER, "smoke": True,
+        "written": "2020-01-01T00:00:00+0000", "git_revision": "0" * 40, "packages": {}}))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -73,9 +103,11 @@ def test_notebook_smoke_run(path, workdir):
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "remove-cell" in injected[0].metadata.tags
     manifests = [json.loads(p.read_text()) for p in (workdir / "artifacts").glob("*/smoke/manifest.json")]
-    mine = [m for m in manifests if m.get("notebook", path.stem) == path.stem]
+    mine = [m for m in manifests if m.get("notebook") == path.stem]  # its own, never another notebook's
     assert mine, "the notebook must write a manifest last"
     assert all(m["smoke"] is True and m["git_revision"] for m in mine)
+    if path.stem in GATHERING:  # this build's outputs only: nothing an earlier build left behind
+        assert LEFTOVER not in json.dumps([c.get("outputs") for c in executed.cells])
 
 
 def test_profile_parameters(tmp_path):
@@ -143,6 +175,41 @@ def leaks(html_dir: Path, secrets: set[str]) -> list[str]:
             text = path.read_text(errors="ignore")
             hits += [f"{path.relative_to(html_dir)}" for s in secrets if s in text]
     return hits
+
+
+def files_containing(folder: Path, secret: str) -> list[str]:
+    """Every file under ``folder`` (any kind, binary too) that contains ``secret``."""
+    return [str(p.relative_to(folder)) for p in folder.rglob("*")
+            if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_an_llm_client_run_writes_the_key_to_no_file(tmp_path):
+    """The synthesis chapter with an LLM writing the thoughts builds a real refinelib.llm client from the
+    fake key in the environment, against a local OpenAI-compatible server (whose first answer is an error
+    that echoes the key). The key reaches the server, and no file the run wrote: the executed notebook, its
+    run record, the samples, the datasets, the LLM cache, the manifests."""
+    from tests.fake_openai import FakeOpenAI, Fault
+
+    def answer(request):
+        n = int(re.search(r"For each of the (\d+) steps", request["messages"][-1]["content"]).group(1))
+        return json.dumps([f"Thought {k}: this step serves the goal." for k in range(n)])
+
+    notebook = next(p for p in NOTEBOOKS if p.stem.startswith("02_"))
+    with FakeOpenAI(answer) as server:
+        server.faults.append(Fault(status=500, message=f"invalid request from {FAKE_KEY}"))
+        with environment(REFINELIB_ARTIFACTS=str(tmp_path / "artifacts"),
+                         REFINELIB_CACHE=str(tmp_path / "cache"), OPENAI_API_KEY=FAKE_KEY,
+                         REFINELIB_NOTEBOOK=notebook.stem):
+            runbook.execute(notebook, tmp_path / "executed" / notebook.name,
+                            {"smoke": True, "run_id": "llm", "llm_thoughts": True, "model": "fake-model",
+                             "base_url": server.base_url, "concurrency": 2})
+    assert server.headers and all(h.get("authorization") == f"Bearer {FAKE_KEY}" for h in server.headers)
+    assert len(server.requests) > 1  # the erroring request, and the answers that were used
+    assert (tmp_path / "cache" / "llm").is_dir() and any((tmp_path / "cache" / "llm").rglob("*.json"))
+    assert files_containing(tmp_path, FAKE_KEY) == []
+    # the check itself works: a file that does contain the key is caught
+    (tmp_path / "artifacts" / "planted.bin").write_bytes(b"\0" + FAKE_KEY.encode())
+    assert files_containing(tmp_path, FAKE_KEY) == [str(Path("artifacts") / "planted.bin")]
 
 
 def test_no_page_contains_a_secret(site, tmp_path):
