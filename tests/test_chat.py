@@ -213,10 +213,3 @@ def test_load_jsonl_names_the_line(tmp_path):
     with pytest.raises(RecordError, match=r"mixed.jsonl:1: not valid JSON"):
         load_jsonl(path)
 
-
-def test_doctests():
-    import doctest
-
-    import refinelib.chat
-
-    assert doctest.testmod(refinelib.chat).failed == 0

@@ -1,13 +1,11 @@
 """Metrics: exact per-episode values, loop edge cases, bootstrap CIs, seeds, and the robustness table."""
 
-import doctest
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import refinelib.metrics
 from refinelib.episodes import AgentTurn, Episode
 from refinelib.metrics import (
     KEY_COLUMNS,
@@ -32,10 +30,6 @@ def episode(turns=(), success=False, progress=None, policy="p", suite="s", seed=
     progress = max((t.progress for t in turns), default=0.0) if progress is None else progress
     return Episode(policy, suite, f"{suite}/{seed}", seed, family, "task", split, "1", "goal", "obs",
                    perturbation=perturbation, turns=list(turns), success=success, progress=progress)
-
-
-def test_doctests():
-    assert doctest.testmod(refinelib.metrics, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
 
 
 # ----- per episode ---------------------------------------------------------------------------------

@@ -1,11 +1,9 @@
 """Error taxonomy: one category per step (exhaustive, exclusive, by precedence), per-episode labels, rates."""
 
-import doctest
 import random
 
 import pytest
 
-import refinelib.taxonomy
 from refinelib.episodes import AgentTurn, Episode
 from refinelib.metrics import KEY_COLUMNS, episode_metrics, loop_steps
 from refinelib.taxonomy import CATEGORIES, FAILURE_MODES, classify_steps, taxonomy_summary, taxonomy_table
@@ -40,10 +38,6 @@ CRAFTED = [
     (turn("go to e", True, 0.5, "At e."), "loop"),
     (turn("take a", False, 0.5), "repeated_failure"),            # 14 rejected at steps 1 and 3
 ]
-
-
-def test_doctests():
-    assert doctest.testmod(refinelib.taxonomy, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
 
 
 def test_crafted_episode_gets_exactly_one_expected_label_per_step_and_uses_every_category():

@@ -386,10 +386,3 @@ def test_verdict_counts():
     empty = verdict_counts([])
     assert list(empty.columns) == ["reason", "count", "share"] and empty.empty
 
-
-def test_doctests():
-    import doctest
-
-    import refinelib.verify
-
-    assert doctest.testmod(refinelib.verify).failed == 0

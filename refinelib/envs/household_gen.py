@@ -14,8 +14,12 @@ oracle's planner.
 Seeds below :data:`EVAL_FIRST_SEED` use ALFRED's training floor plans, seeds from it on use ALFRED's
 test floor plans (unseen rooms, like AgentBoard's ``eval_out_of_distribution`` split).
 
->>> problem = generate("pick_heat_then_place_in_recep", 100000)  # doctest: +SKIP
->>> write_game(problem, "/tmp/game")  # doctest: +SKIP
+>>> import tempfile
+>>> problem = generate("pick_heat_then_place_in_recep", 100000)
+>>> problem.task_desc, problem.floor_plan
+('put a hot potato in garbagecan', 'FloorPlan1')
+>>> write_game(problem, tempfile.mkdtemp() + "/game").name
+'game.tw-pddl'
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 Held-in means: the memorising baseline's training trajectories come from this environment (our
 Agent-FLAN analogue is trained on household pick / clean / heat / cool). Everything else is held-out,
 and AgentRefine-style models see none of these environments in training.
+
+>>> s = suite("pddl")
+>>> s.split, s.family, s.instances[0].id
+('held_out', 'pddl', 'pddl/gripper/0')
+>>> make_instance(s.instances[0]).task
+'gripper'
 """
 
 from __future__ import annotations
