@@ -53,6 +53,23 @@ class Policy:
         """Release resources (threads, clients); most policies hold none."""
 
 
+def action_complete(text: str) -> bool:
+    """Whether ``text`` already holds its action: a line break after non-blank text following the first
+    ``Action:``. Stopping there keeps what :func:`refinelib.agent.parse` reads (the first line after the
+    last ``Action:``, which is this one as nothing follows).
+
+    >>> action_complete("Thought: go.\\nAction: open door")
+    False
+    >>> action_complete("Thought: go.\\nAction: open door\\n")
+    True
+    """
+    cut = text.find("Action:")
+    if cut < 0:
+        return False
+    rest = text[cut + len("Action:"):].lstrip()
+    return "\n" in rest and rest.split("\n", 1)[0].strip() != ""
+
+
 def _respond(thought: str, action: str) -> str:
     return f"Thought: {thought}\nAction: {action}"
 
@@ -110,6 +127,9 @@ class TransformersPolicy(Policy):
         max_prompt_tokens: the history window's budget; default: the model's context minus ``max_new_tokens``.
         stop: strings that end an output early (the model starting to write the next observation).
         batch_size: the most rows generated at once (None: the whole batch).
+        stop_at_action: end a row as soon as its ``Action:`` line is complete (see :func:`action_complete`):
+            what the agent loop reads is there, and the tokens after it (often a made-up observation or a
+            second turn) would only cost decode steps and lengthen the history.
         prefix_cache: keep each row's KV cache for the next call, so an episode's next prompt only feeds
             the tokens after the longest prefix it shares with what was already computed (its last
             observation, mostly) instead of the whole history.
@@ -118,14 +138,14 @@ class TransformersPolicy(Policy):
     def __init__(self, model, tokenizer, name: str = "local", max_new_tokens: int = 128,
                  temperature: float = 0.0, top_p: float = 1.0, max_prompt_tokens: int | None = None,
                  stop: Sequence[str] = ("\nObservation:",), batch_size: int | None = None,
-                 prefix_cache: bool = True) -> None:
+                 stop_at_action: bool = False, prefix_cache: bool = True) -> None:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.prefix_cache = prefix_cache
         self._entries: list = []  # (token ids, per-layer (keys, values)) of the last call's rows
         self._pending: list = []
         self.stats = {"prompt_tokens": 0, "reused_tokens": 0}  # prompt tokens seen / served from the cache
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.stop, self.batch_size = tuple(stop), batch_size
+        self.stop, self.batch_size, self.stop_at_action = tuple(stop), batch_size, stop_at_action
         context = getattr(model.config, "max_position_embeddings", None)
         self.max_prompt_tokens = max_prompt_tokens or (context - max_new_tokens if context else None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -162,7 +182,8 @@ class TransformersPolicy(Policy):
 
     def config(self):
         return {**super().config(), "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "max_prompt_tokens": self.max_prompt_tokens, "stop": list(self.stop)}
+                "top_p": self.top_p, "max_prompt_tokens": self.max_prompt_tokens, "stop": list(self.stop),
+                "stop_at_action": self.stop_at_action}
 
     def generate(self, batch, envs=None, seeds=None):
         seeds = list(seeds) if seeds is not None else [0] * len(batch)
@@ -214,8 +235,7 @@ class TransformersPolicy(Policy):
                         finished[row] = True
                         continue
                     rows[row].append(token)
-                    if self.stop and any(s in self._decode(rows[row]) for s in self.stop):
-                        finished[row] = True
+                    finished[row] = self._stopped(rows[row])
                 if all(finished):
                     break
                 for row, token in enumerate(nxt.tolist()):
@@ -290,6 +310,13 @@ class TransformersPolicy(Policy):
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
         draws = [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)]
         return torch.stack(draws)
+
+    def _stopped(self, tokens: list[int]) -> bool:
+        """Whether an output ends here: a stop string appeared, or (``stop_at_action``) its action line."""
+        if not self.stop and not self.stop_at_action:
+            return False
+        text = self._decode(tokens)
+        return any(s in text for s in self.stop) or (self.stop_at_action and action_complete(text))
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
