@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from refinelib import runs
 from refinelib.chat import strip_errors
 from refinelib.evaluate import check_log
 from refinelib.experiment import model_identity  # noqa: F401 (re-exported: notebooks call it here)
-from refinelib.runs import RunLock, write_json_atomic
 from refinelib.synthesis import digest
 
 DATA_FILE = "ablation.json"  # next to a trained variant: its config and the digest of the records it saw
@@ -92,7 +92,9 @@ def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
 
     A model is reused when ``output_dir`` holds a finished training with the same config and the same
     records (their digest is kept in ``ablation.json``); an interrupted identical training resumes; a
-    different earlier training of this function in the folder is replaced (its checkpoints deleted).
+    different earlier training of this function in the folder is set aside (moved to
+    ``<output_dir>.stale-<k>/``, with a warning naming what changed) and the variant trains afresh.
+    A second training into the same folder while one runs raises :class:`refinelib.runs.RunLockedError`.
 
     Args:
         name: a key of ``VARIANTS``.
@@ -116,18 +118,28 @@ def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
     identity = {"variant": name, "config": _json(cfg.to_dict()), "train": digest(train_records),
                 "validation": digest(val_records or [])}
     sidecar = out / DATA_FILE
-    with RunLock(out):  # a second training into the same folder fails at once, naming this one's pid
+    with runs.RunLock(out):  # a second training into the same folder fails at once, naming this one's pid
         previous = json.loads(sidecar.read_text()) if sidecar.is_file() else None
         if previous is not None and previous.get("identity") == identity:
             if previous.get("finished") and (out / "manifest.json").is_file():
                 return out, False
-        elif previous is not None:  # another training of ours: its checkpoints must not be resumed
-            for checkpoint in out.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-        write_json_atomic(sidecar, {"identity": identity, "finished": False}, indent=1)
+        elif previous is not None:  # another training of ours: neither resumed nor mixed with this one
+            old, new = _flat(previous.get("identity") or {}), _flat(identity)
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in runs.changed_fields(old, new))
+            aside = runs.set_aside_contents(out)
+            warnings.warn(f"{out} held another training of {name} ({diff}); kept as {aside.name}, training "
+                          "again", runs.StaleRunWarning, stacklevel=2)
+        runs.write_json_atomic(sidecar, {"identity": identity, "finished": False}, indent=1)
         train(cfg)  # resumes an interrupted identical training from its newest checkpoint
-        write_json_atomic(sidecar, {"identity": identity, "finished": True}, indent=1)
+        runs.write_json_atomic(sidecar, {"identity": identity, "finished": True}, indent=1)
     return out, True
+
+
+def _flat(identity: Mapping) -> dict:
+    """The identity with its ``config`` spread out (``config.learning_rate``): a diff names the field."""
+    config = identity.get("config") if isinstance(identity.get("config"), Mapping) else {}
+    flat = {k: v for k, v in identity.items() if k != "config"}
+    return {**flat, **{f"config.{k}": v for k, v in config.items()}}
 
 
 def fresh_log(log_path: str | Path, settings: Mapping) -> bool:
@@ -140,7 +152,7 @@ def fresh_log(log_path: str | Path, settings: Mapping) -> bool:
     """
     path = Path(log_path)
     existed = path.exists()
-    with RunLock(path.parent):
+    with runs.RunLock(path.parent):
         check_log(path, _json(dict(settings)))
     return existed and not path.exists()
 

@@ -19,10 +19,11 @@ same episodes for every run seed. ``samples`` > 1 plays each instance N times (B
 then runs on a :class:`~refinelib.perturb.PerturbedEnv` and is logged under the rule's versioned id.
 
 A log is re-used only by the run that made it: its **identity** (the policy's settings, what the caller
-says about the model in ``settings``, the step limit, and for every suite played its version, the agent
-prompt version and the code version of its environment family) is kept next to it in
-``<log>.settings.json``. A log made with another identity is set aside as ``<log>.stale-<k>.jsonl``
-with a warning naming what changed, and the episodes are played again (:func:`refinelib.runs.check_identity`).
+says about the model in ``settings``, the step limit, the agent loop's code version, and for every suite
+played its version, the agent prompt version and the code version of its environment family) is kept
+next to it in ``<log>.settings.json``. A log made with another identity is set aside as
+``<log>.stale-<k>.jsonl`` with a warning naming what changed, and the episodes are played again
+(:func:`refinelib.runs.check_identity`).
 One process writes a log folder at a time (:class:`refinelib.runs.RunLock`).
 """
 
@@ -121,12 +122,18 @@ def environment_code(family: str) -> str:
     return runs.code_version(envs / "base.py", envs / "registry.py", *own)
 
 
+def agent_code() -> str:
+    """:func:`refinelib.runs.code_version` of the agent loop (``agent.py``: prompts, parsing, feedback,
+    the history window), which shapes every episode of every family."""
+    return runs.code_version("refinelib.agent")
+
+
 def log_identity(suites: Sequence[registry.Suite], max_steps: int, settings: Mapping | None = None) -> dict:
     """The identity of episodes of ``suites`` played with ``max_steps``: the caller's ``settings`` (what
-    identifies the policy), then per suite ``suite:<name>`` (its version, environment version included),
-    and per family ``prompt:<family>`` (:func:`refinelib.agent.prompt_version`) and ``env_code:<family>``
-    (:func:`environment_code`)."""
-    identity = {**(settings or {}), "max_steps": max_steps}
+    identifies the policy), the agent loop's code (:func:`agent_code`), then per suite ``suite:<name>``
+    (its version, environment version included), and per family ``prompt:<family>``
+    (:func:`refinelib.agent.prompt_version`) and ``env_code:<family>`` (:func:`environment_code`)."""
+    identity = {**(settings or {}), "max_steps": max_steps, "agent_code": agent_code()}
     for s in suites:
         identity[f"suite:{s.name}"] = s.version
     for family in sorted({s.family for s in suites}):

@@ -38,8 +38,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["RunLock", "RunLockedError", "StaleRunError", "StaleRunWarning", "check_identity",
-           "code_version", "write_atomic", "write_json_atomic"]
+__all__ = ["RunLock", "RunLockedError", "StaleRunError", "StaleRunWarning", "changed_fields",
+           "check_identity", "code_version", "set_aside", "set_aside_contents", "write_atomic",
+           "write_json_atomic"]
 
 LOCK_NAME = ".lock"
 
@@ -202,6 +203,33 @@ def _aside_name(path: Path, k: int) -> Path:
     return path.with_name(f"{path.stem}.stale-{k}{path.suffix}")
 
 
+def set_aside(*paths: str | Path) -> list[Path]:
+    """Rename the existing ``paths`` (files or folders) to ``<name>.stale-<k><suffix>``, with the first
+    ``k`` free for all of them, and return the new paths: kept for inspection, never re-used."""
+    present = [Path(p) for p in paths if Path(p).exists()]
+    k = 1
+    while any(_aside_name(p, k).exists() for p in present):
+        k += 1
+    for p in present:
+        p.rename(_aside_name(p, k))
+    return [_aside_name(p, k) for p in present]
+
+
+def set_aside_contents(folder: str | Path) -> Path:
+    """Move everything in ``folder`` but its lock into a new sibling ``<name>.stale-<k>`` (first ``k``
+    free) and return it: the folder stays, and so does the :class:`RunLock` held on it."""
+    folder = Path(folder)
+    k = 1
+    while _aside_name(folder, k).exists():
+        k += 1
+    aside = _aside_name(folder, k)
+    aside.mkdir()
+    for child in folder.iterdir():
+        if child.name != LOCK_NAME:
+            child.rename(aside / child.name)
+    return aside
+
+
 def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str = "refuse",
                    files: Iterable[str | Path] = (), *, partial: bool = False) -> None:
     """Make sure the results next to ``sidecar_path`` were made by ``identity``; then record it there.
@@ -251,12 +279,8 @@ def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str
     if on_mismatch == "refuse":
         raise StaleRunError(f"{sidecar.parent} holds results of another run: {diff}. Use another run folder, "
                             f"or delete {', '.join(p.name for p in present)} there to start over")
-    k = 1
-    while any(_aside_name(p, k).exists() for p in present):
-        k += 1
-    for p in present:
-        p.rename(_aside_name(p, k))
+    kept = set_aside(*present)
     warnings.warn(f"{sidecar.parent}: {', '.join(p.name for p in present)} came from another run ({diff}); "
-                  f"kept as {', '.join(_aside_name(p, k).name for p in present)}, and the run starts over",
-                  StaleRunWarning, stacklevel=2)
+                  f"kept as {', '.join(p.name for p in kept)}, and the run starts over", StaleRunWarning,
+                  stacklevel=2)
     write_json_atomic(sidecar, new)

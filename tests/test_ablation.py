@@ -161,7 +161,14 @@ def test_train_variant_trains_once_and_reuses(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["mask_policy"] == "refine"
     assert ablation.train_variant("strip_errors", records, folder, **kwargs) == (folder, False)
-    assert ablation.train_variant("strip_errors", records[:2], folder, **kwargs) == (folder, True)
+    # another training into the folder: the old one is set aside (not resumed, not mixed), naming why
+    with pytest.warns(UserWarning, match=r"another training of strip_errors \(.*train: '\w+' -> '\w+'\)"):
+        assert ablation.train_variant("strip_errors", records[:2], folder, **kwargs) == (folder, True)
+    aside = tmp_path / "m.stale-1"
+    assert json.loads((aside / "manifest.json").read_text()) == manifest and (aside / "adapter").is_dir()
+    assert json.loads((folder / "ablation.json").read_text())["finished"] is True
+    with pytest.warns(UserWarning, match=r"config.max_steps: 1 -> 2"):
+        ablation.train_variant("strip_errors", records[:2], folder, **{**kwargs, "max_steps": 2})
     # a second training into the same folder while one runs fails at once, naming the running one
     from refinelib.runs import RunLockedError
     from tests.writers import held

@@ -200,6 +200,18 @@ def test_a_log_without_a_recorded_identity_is_not_reused(tmp_path):
         _played(log)
 
 
+def test_an_edit_of_the_agent_loop_sets_the_old_log_aside(tmp_path, monkeypatch):
+    from refinelib import runs
+
+    log = tmp_path / "e.jsonl"
+    _played(log)
+    recorded = json.loads(evaluate.identity_path(log).read_text())
+    assert recorded["agent_code"] == runs.code_version("refinelib.agent")
+    monkeypatch.setattr(evaluate, "agent_code", lambda: "edited")
+    with pytest.warns(UserWarning, match=r"agent_code: '\w+' -> 'edited'"):
+        _played(log)
+
+
 def test_environment_code_versions_each_familys_own_files():
     assert evaluate.environment_code("pddl") == evaluate.environment_code("pddl")
     assert len({evaluate.environment_code(f) for f in ("pddl", "babyai", "household")}) == 3

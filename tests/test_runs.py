@@ -190,3 +190,26 @@ def test_an_unreadable_sidecar_is_a_mismatch(tmp_path):
     with pytest.raises(ValueError, match="on_mismatch"):
         runs.check_identity(sidecar, {"a": 1}, "ignore")
 
+
+
+def test_set_aside_takes_the_first_number_free_for_every_path(tmp_path):
+    log, sidecar = tmp_path / "m.jsonl", tmp_path / "m.settings.json"
+    log.write_text("a")
+    (tmp_path / "m.stale-1.jsonl").write_text("older")  # 1 is taken for the log, so neither gets it
+    assert runs.set_aside(log, sidecar) == [tmp_path / "m.stale-2.jsonl"]  # the missing sidecar is skipped
+    assert (tmp_path / "m.stale-2.jsonl").read_text() == "a" and not log.exists()
+
+
+def test_set_aside_contents_keeps_the_folder_and_its_lock(tmp_path):
+    folder = tmp_path / "model"
+    with runs.RunLock(folder):
+        (folder / "adapter").mkdir()
+        (folder / "manifest.json").write_text("{}")
+        aside = runs.set_aside_contents(folder)
+        assert aside == tmp_path / "model.stale-1"
+        assert sorted(p.name for p in aside.iterdir()) == ["adapter", "manifest.json"]
+        assert [p.name for p in folder.iterdir()] == [".lock"]
+        other = subprocess.run([sys.executable, "-c", HOLDER, str(folder), "0"], capture_output=True,
+                               text=True)
+        assert "RunLockedError" in other.stderr  # still held: another process cannot slip in
+    assert runs.set_aside_contents(folder) == tmp_path / "model.stale-2"
