@@ -26,6 +26,19 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 _GROW = 256  # cache capacity grows in steps of this many positions (one copy per step, not per token)
 
 
+def unsupported(model) -> str | None:
+    """Why the engine cannot run ``model`` (None: it can)."""
+    config = model.config
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"the engine runs model_type in {SUPPORTED}, not {kind!r} (TransformersPolicy runs any)"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "the engine does not implement sliding-window attention (config.sliding_window)"
+    if not hasattr(model, "model") or not hasattr(model.model, "rotary_emb"):
+        return f"{type(model).__name__} is not a plain causal LM (merge a PEFT adapter first)"
+    return None
+
+
 class Sequence:
     """One token sequence's keys/values: ``kv[layer, 0|1, kv_head, position, head_dim]``; ``ids`` are the
     tokens whose keys/values fill positions ``0 .. len(ids) - 1``."""
@@ -45,13 +58,10 @@ class Engine:
     """
 
     def __init__(self, model) -> None:
+        reason = unsupported(model)
+        if reason is not None:
+            raise ValueError(reason)
         config = model.config
-        if getattr(config, "model_type", None) not in SUPPORTED:
-            kind = getattr(config, "model_type", None)
-            raise ValueError(f"the engine runs model_type in {SUPPORTED}, not {kind!r}; "
-                             "use TransformersPolicy for this model")
-        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-            raise ValueError("the engine does not implement sliding-window attention (config.sliding_window)")
         self.model = model
         self.base = model.model
         self.heads = config.num_attention_heads

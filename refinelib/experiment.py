@@ -71,18 +71,20 @@ def check_models(models: Mapping[str, str | None]) -> None:
 
 def load_policy(name: str, folder: str | None, base_model: str = "SmolLM2-135M-Instruct",
                 max_new_tokens: int = 48, max_prompt_tokens: int | None = 1280,
-                batch_size: int | None = None):
+                batch_size: int | None = None, backend: str = "auto"):
     """The policy called ``name``: the base model (``folder`` None), a trained folder (notebook 03's
     ``<name>/`` with ``manifest.json`` and ``adapter/``, or a bare PEFT adapter folder), or one of
-    ``BASELINES``. Greedy decoding; the LoRA adapter is merged for speed."""
+    ``BASELINES``. Greedy decoding, each output ending at its ``Action:`` line; the LoRA adapter is
+    merged for speed; ``backend`` as in :func:`refinelib.policies.local_policy` (``"auto"``: the engine,
+    same outputs as transformers, faster)."""
     from refinelib import policies
 
     if folder in BASELINES:
         return policies.OraclePolicy() if folder == "oracle" else policies.RandomPolicy()
     kwargs = dict(name=name, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-                  batch_size=batch_size)
+                  batch_size=batch_size, stop_at_action=True)
     if folder is None:
-        return policies.TransformersPolicy.load(base_model, **kwargs)
+        return policies.TransformersPolicy.load(base_model, backend=backend, **kwargs)
     check_models({name: folder})
     path = Path(folder)
     if (path / "manifest.json").is_file():
@@ -91,14 +93,14 @@ def load_policy(name: str, folder: str | None, base_model: str = "SmolLM2-135M-I
         model, tokenizer = load_trained(path)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload().eval()
-        policy = policies.TransformersPolicy(model, tokenizer, **kwargs)
+        policy = policies.local_policy(model, tokenizer, backend, **kwargs)
         policy.name = name  # the log key is the model's name, whatever class built it
         return policy
     adapter = path / "adapter" if (path / "adapter").is_dir() else path
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path} holds no finished model (no manifest.json, adapter/ or "
                                 "adapter_config.json): run notebook 03_tuning to the end")
-    return policies.TransformersPolicy.load(base_model, adapter=str(adapter), **kwargs)
+    return policies.TransformersPolicy.load(base_model, adapter=str(adapter), backend=backend, **kwargs)
 
 
 def suite_family(name: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from refinelib import evaluate
 from refinelib.engine import Engine, EnginePolicy
-from refinelib.policies import TransformersPolicy, action_complete
+from refinelib.policies import TransformersPolicy, action_complete, local_policy
 from tests.tiny_model import tiny_model, tiny_tokenizer
 
 SYSTEMS = ["You are an agent in a household. Answer in the format Thought: ...\nAction: ...",
@@ -167,3 +167,18 @@ def test_smollm2_episodes_on_the_engine_equal_the_transformers_path():
     raw = [[t.raw for t in e.turns] for e in played]
     assert raw == [[t.raw for t in e.turns] for e in reference]
     assert any(t.action for e in played for t in e.turns), json.dumps(raw)  # SmolLM2 does write actions
+
+
+def test_local_policy_picks_the_engine_where_it_runs_the_architecture(tiny):
+    model, tok = tiny
+    assert type(local_policy(model, tok, max_new_tokens=4)) is EnginePolicy
+    assert type(local_policy(model, tok, "transformers", max_new_tokens=4)) is TransformersPolicy
+    with pytest.raises(ValueError, match="backend must be one of"):
+        local_policy(model, tok, "vllm")
+    model.config.model_type = "gemma3_text"
+    try:
+        assert type(local_policy(model, tok, max_new_tokens=4)) is TransformersPolicy
+        with pytest.raises(ValueError, match="gemma3_text"):
+            local_policy(model, tok, "engine")
+    finally:
+        model.config.model_type = "llama"
