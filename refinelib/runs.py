@@ -99,7 +99,7 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(self.path)
+        key = self._key = os.path.realpath(self.path)  # kept: the exit releases what the entry took
         with _held_guard:
             held = _held.get(key)
             if held is not None:
@@ -125,7 +125,7 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        key = os.path.realpath(self.path)
+        key = self._key
         with _held_guard:
             thread, depth, fd = _held[key]
             if depth > 1:
