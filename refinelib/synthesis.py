@@ -60,6 +60,9 @@ TEACHER_PROMPTS = {"grounded": (), "openai": ("synth_script", "synth_trajectory"
                    "openai-executable": ("synth_engine_script",)}
 # The code a sample depends on (its hash is part of a run's identity).
 CODE = ("refinelib.teacher", "refinelib.themes", "refinelib.world", "refinelib.verify")
+# The LLM settings an answer depends on (timeouts, retries, concurrency and prices do not change it, so a
+# re-run after an outage may raise the timeout without starting over).
+LLM_IDENTITY = ("model", "base_url", "temperature", "top_p", "max_tokens", "extra")
 # Identity fields that say which code and prompts made a run (not settings: a change sets old samples aside).
 VERSION_FIELDS = ("prompts", "code")
 # Verdicts about the endpoint, not the content: the candidate is made again by a re-run.
@@ -119,7 +122,7 @@ class SynthesisConfig:
         out = {k: v for k, v in asdict(self).items() if k not in ("n", "max_candidates")}
         prompts = list(TEACHER_PROMPTS[self.teacher]) + (["synth_thoughts"] if self.llm_thoughts else [])
         if self.teacher != "grounded" or self.llm_thoughts:
-            out["llm"] = dict(llm or {})
+            out["llm"] = {k: v for k, v in (llm or {}).items() if k in LLM_IDENTITY}
         out["prompts"] = {name: agent.template_version(name) for name in prompts}
         out["code"] = runs.code_version(*CODE)
         return out
@@ -333,7 +336,10 @@ def _check_same_run(out: Path, identity: dict) -> None:
     plain = json.loads(json.dumps(identity))  # as it is stored: tuples are lists
 
     def settings(d: Mapping) -> dict:
-        return {k: v for k, v in d.items() if k not in VERSION_FIELDS}
+        out = {k: v for k, v in d.items() if k not in VERSION_FIELDS}
+        if isinstance(out.get("llm"), Mapping):  # runs recorded before LLM_IDENTITY kept every field
+            out["llm"] = {k: v for k, v in out["llm"].items() if k in LLM_IDENTITY}
+        return out
 
     refuse = not isinstance(saved, dict) or (saved and runs.changed_fields(settings(saved), settings(plain)))
     runs.check_identity(path, identity, "refuse" if refuse else "set_aside", files=[out / SAMPLES_FILE])
