@@ -74,15 +74,15 @@ def read_manifest(directory: str | Path) -> dict | None:
 def this_build(manifest: dict, executed_dir: str | Path, smoke: bool) -> str | None:
     """None when ``manifest`` was written by this build, else why not: its chapter has a run record in
     ``executed_dir`` (``<notebook>.run.json``), wrote the manifest while that run lasted, and ran in the
-    same mode (``smoke``)."""
+    same mode (``smoke``, when the manifest records it)."""
     notebook = manifest.get("notebook")
     if not notebook:
         return "its manifest names no chapter"
     record_path = Path(executed_dir) / f"{notebook}.run.json"
     if not record_path.is_file():
         return f"{notebook} has no run record in {executed_dir}"
-    if bool(manifest.get("smoke")) != bool(smoke):
-        return "a smoke run" if manifest.get("smoke") else "not a smoke run"
+    if "smoke" in manifest and bool(manifest["smoke"]) != bool(smoke):  # (a model's own manifest has none)
+        return "a smoke run" if manifest["smoke"] else "not a smoke run"
     record = json.loads(record_path.read_text(encoding="utf-8"))
     finished = _time(record["finished"])
     written = _time(manifest["written"])

@@ -62,6 +62,8 @@ def test_this_build_is_the_chapter_run_the_executed_record_names(tmp_path, monke
     _chapter_ran(executed, "04_generalization")
     assert manifest.this_build(written, executed, smoke=False) is None
     assert manifest.this_build(written, executed, smoke=True) == "not a smoke run"
+    no_mode = {k: v for k, v in written.items() if k != "smoke"}  # e.g. a trained model's own manifest
+    assert manifest.this_build(no_mode, executed, smoke=True) is None
     unnamed = {**written, "notebook": None}
     assert manifest.this_build(unnamed, executed, smoke=False) == "its manifest names no chapter"
     _chapter_ran(executed, "04_generalization", finished_in_s=3600)  # ran again later: this one is a leftover

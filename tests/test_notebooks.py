@@ -60,9 +60,11 @@ def smoke_run(path: Path, workdir: Path) -> dict:
     if path.stem not in _RUNS:
         executed = workdir / "book" / "executed"
         params = {"smoke": True, "run_id": "smoke"}
-        if path.stem in GATHERING:
+        if path.stem in GATHERING:  # gather the smoke runs of this module's chapters
             params["executed_dir"] = str(executed)
             plant_leftovers(workdir / "artifacts")
+        if path.stem == "08_results":
+            params.update(data_run_id="smoke", tuning_run_id="smoke", chapter_run_id="smoke")
         with environment(REFINELIB_ARTIFACTS=str(workdir / "artifacts"), OPENAI_API_KEY=FAKE_KEY,
                          REFINELIB_NOTEBOOK=path.stem):
             _RUNS[path.stem] = runbook.execute(path, executed / path.name, params)
