@@ -90,6 +90,13 @@ def test_a_package_data_file_is_a_dependency(tree, data_file):
     assert _reruns(tree) == ALL
 
 
+def test_an_environment_version_bump_reruns_every_chapter(tree):
+    """Every chapter plays or reads episodes of the environments (the logs they re-use are then checked
+    against the new version: tests/test_evaluate.py)."""
+    _edit(tree / "refinelib/envs/pddl.py", '    version = "1"', '    version = "2"')
+    assert _reruns(tree) == ALL
+
+
 def _executed_now(tree: Path) -> None:
     """Pretend `make book` ran: every executed chapter newer than its parameter record."""
     time.sleep(0.01)
