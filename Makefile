@@ -100,6 +100,9 @@ clean:
 	rm -rf _build book/executed
 
 # distclean: also every run output (episode logs, trained models, synthesis runs, figures).
+# REFINELIB_ARTIFACTS pointing at the filesystem root, the home folder or this checkout is refused.
 distclean: clean
+	@case "$(abspath $(ARTIFACTS))" in /|"$(abspath $(HOME))"|"$(CURDIR)") \
+	  echo "distclean: refusing to remove $(ARTIFACTS) (REFINELIB_ARTIFACTS must name a run-outputs folder)"; exit 1;; esac
 	@echo "removing $(ARTIFACTS)/ (every run's outputs: episode logs, models, synthesis runs, figures); the environment cache (~/.cache/refinelib) and .venv stay"
 	rm -rf -- "$(ARTIFACTS)"

@@ -167,3 +167,11 @@ def test_each_chapter_runs_with_its_name_in_refinelib_notebook(tree):
                           text=True)
     assert done.returncode == 0, done.stderr
     assert (tree / "ran.txt").read_text() == "07_ablations\n"
+
+
+@pytest.mark.parametrize("where", ["/", "."])
+def test_distclean_refuses_to_remove_the_root_or_the_checkout(tree, where):
+    env = {**os.environ, "REFINELIB_ARTIFACTS": where}
+    done = subprocess.run(["make", "distclean"], cwd=tree, capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and "refusing to remove" in done.stdout
+    assert (tree / "Makefile").is_file()
