@@ -93,17 +93,43 @@ def resolve(suites: Sequence[str | registry.Suite], scale: str = "small") -> lis
     return [s if isinstance(s, registry.Suite) else registry.suite(s, scale) for s in suites]
 
 
+def select_instances(suite: registry.Suite, max_instances: int | None = None) -> tuple[Instance, ...]:
+    """The instances of ``suite`` that a run limited to ``max_instances`` plays (None: all, in suite order).
+
+    A suite lists its instances grouped by task type (BabyAI: by level), so its first N would be one or a
+    few tasks: at ``scale="agentboard"`` the first 20 household held-in instances are all
+    ``pick_and_place_simple``, the first 20 PDDL problems all gripper, the first 20 BabyAI instances 5 of
+    28 levels; a sample like that measures one task, not the suite. The selection therefore deals the
+    instances round-robin over the suite's tasks (in the order the tasks first appear): the first
+    instance of every task, then the second of every task, and so on, a task that has run out being
+    skipped. The order is fixed by the suite alone, so the selection is deterministic and **prefix-stable**:
+    ``max_instances=30`` plays the instances of ``max_instances=20`` and 10 more, and a resumed or enlarged
+    run adds to its episode log instead of playing another set. Episodes are keyed by the instance's id
+    (family, task, options and seed: :attr:`Instance.id`), never by its position, so a log written under an
+    earlier selection keeps its meaning; it is only a different sample of the suite.
+    """
+    if max_instances is None:
+        return suite.instances
+    by_task: dict[str, list[Instance]] = {}
+    for inst in suite.instances:
+        by_task.setdefault(inst.task, []).append(inst)
+    dealt = [group[k] for k in range(max(map(len, by_task.values()), default=0))
+             for group in by_task.values() if k < len(group)]
+    return tuple(dealt[:max_instances])
+
+
 def jobs_for(suites: Sequence[str | registry.Suite], scale: str = "small", seeds: Sequence[int] = (0,),
              samples: int = 1, max_instances: int | None = None,
              perturbations: Sequence[str] = (ORIGINAL,)) -> list[Job]:
-    """Every (suite, perturbation, instance, seed, sample) to play, in a fixed order.
+    """Every (suite, perturbation, instance, seed, sample) to play, in a fixed order; with
+    ``max_instances``, a stratified, prefix-stable selection of each suite (:func:`select_instances`).
 
     A perturbation a suite's family does not define raises ValueError (naming the family's rules).
     """
     check_arguments(samples=samples, max_instances=max_instances)
     return [Job(s, inst, seed, sample, p if p == ORIGINAL else get_rule(s.family, p).id)
-            for s in resolve(suites, scale) for p in perturbations for inst in s.instances[:max_instances]
-            for seed in seeds for sample in range(samples)]
+            for s in resolve(suites, scale) for p in perturbations
+            for inst in select_instances(s, max_instances) for seed in seeds for sample in range(samples)]
 
 
 # ----- the identity of an episode log ------------------------------------------------------------------
@@ -182,7 +208,8 @@ def run(policy: Policy, suites: Sequence[str | registry.Suite], scale: str = "sm
         max_steps: steps per episode (AgentBoard: 30); a format error spends a step.
         log_path: the episode log (JSONL); episodes already in it are skipped and returned. None: no log.
         batch_size: episodes in lock-step; all their prompts go to the policy in one call per step.
-        max_instances: play only the first instances of each suite (smoke runs).
+        max_instances: play at most this many instances of each suite, spread over its tasks
+            (:func:`select_instances`: round-robin, prefix-stable).
         progress_bar: show a tqdm bar over episodes.
         perturbations: ``"none"`` and/or rules of :mod:`refinelib.perturb` (e.g. ``("none", "R1")``).
         settings: what else identifies the policy (model folder, its training), recorded with the log

@@ -228,3 +228,74 @@ def test_a_second_writer_of_a_log_folder_is_refused_naming_the_holder(tmp_path):
             _played(tmp_path / "e.jsonl")
         assert not (tmp_path / "e.jsonl").exists()
     _played(tmp_path / "e.jsonl")  # released with the holder
+
+
+# ----- which instances a limited run plays (issue 11: representative samples) --------------------------
+@pytest.mark.parametrize(("name", "n", "tasks"), [("household_held_in", 20, 4), ("pddl", 20, 4),
+                                                  ("babyai", 28, 28), ("sciworld", 20, 10)])
+def test_a_limited_run_spreads_its_instances_over_the_suites_tasks(name, n, tasks):
+    from collections import Counter
+
+    from refinelib.envs import registry
+
+    s = registry.suite(name, "agentboard")
+    assert len({i.task for i in s.instances[:n]}) < tasks  # the suite's own prefix is one or a few tasks
+    counts = Counter(i.task for i in evaluate.select_instances(s, n))
+    assert len(counts) == tasks and max(counts.values()) - min(counts.values()) <= 1
+    assert sum(counts.values()) == n
+
+
+def test_the_selection_is_deterministic_prefix_stable_and_all_without_a_limit():
+    from refinelib.envs import registry
+
+    s = registry.suite("household_held_in", "agentboard")
+    twenty, thirty = evaluate.select_instances(s, 20), evaluate.select_instances(s, 30)
+    assert thirty[:20] == twenty and len(set(thirty)) == 30
+    assert evaluate.select_instances(registry.suite("household_held_in", "agentboard"), 20) == twenty
+    assert evaluate.select_instances(s, None) == s.instances  # all: the suite's own order
+    everything = evaluate.select_instances(s, len(s) + 5)  # more than the suite has: each instance once
+    assert sorted(everything, key=str) == sorted(s.instances, key=str)
+    assert evaluate.select_instances(s, 0) == ()
+    jobs = evaluate.jobs_for([s], "agentboard", max_instances=3)
+    assert [j.instance for j in jobs] == list(twenty[:3])
+    assert [j.instance.task for j in jobs] == ["pick_and_place_simple", "pick_clean_then_place_in_recep",
+                                               "pick_heat_then_place_in_recep"]
+
+
+def test_a_suites_tasks_run_out_unevenly_and_the_others_go_on():
+    from refinelib.envs import registry
+    from refinelib.envs.base import Instance
+
+    made = tuple(Instance("pddl", t, k) for t, n in (("a", 3), ("b", 1), ("c", 2)) for k in range(n))
+    s = registry.Suite("x", "1", "held_out", "pddl", "small", made, "synthetic")
+    assert [i.id for i in evaluate.select_instances(s, 6)] == [
+        "pddl/a/0", "pddl/b/0", "pddl/c/0", "pddl/a/1", "pddl/c/1", "pddl/a/2"]
+
+
+@pytest.mark.parametrize("scale", ["small", "agentboard"])
+def test_an_instance_id_names_the_instance_so_a_log_key_never_changes_meaning(scale):
+    """Episodes are keyed by instance id, not position: the id must be unique in its suite and spell out
+    everything that makes the instance (family, task, options, seed), so that a selection that now picks
+    other positions cannot make an old log key refer to another instance."""
+    from refinelib.envs import registry
+
+    for name in registry.EVALUATION_SUITES:
+        s = registry.suite(name, scale)
+        ids = [i.id for i in s.instances]
+        assert len(ids) == len(set(ids)), name
+        for inst in s.instances:
+            options = "".join(f",{k}={v}" for k, v in inst.options)
+            assert inst.id == f"{inst.family}/{inst.task}{options}/{inst.seed}"
+
+
+def test_a_larger_limit_adds_to_the_log_and_replays_nothing(tmp_path):
+    log = tmp_path / "e.jsonl"
+    first = evaluate.run(OraclePolicy(), ["pddl"], max_instances=2, log_path=log, progress_bar=False)
+    assert [e.instance for e in first] == ["pddl/gripper/0", "pddl/blocksworld/0"]  # two tasks, not one
+    lines = log.read_text().splitlines()
+    more = evaluate.run(OraclePolicy(), ["pddl"], max_instances=5, log_path=log, progress_bar=False)
+    assert log.read_text().splitlines()[:2] == lines and len(log.read_text().splitlines()) == 5
+    assert [_strip(e) for e in more[:2]] == [_strip(e) for e in first]  # read back, not played again
+    assert [e.instance for e in more] == ["pddl/gripper/0", "pddl/blocksworld/0", "pddl/tyreworld/0",
+                                          "pddl/barman/0", "pddl/gripper/1"]
+    assert all(e.instance.startswith(f"pddl/{e.task}/") for e in more)  # the key names the task it played
