@@ -37,10 +37,13 @@ is unstable on few, tied 0/1 values; their coverage is a little below 95% at sma
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -48,6 +51,7 @@ import pandas as pd
 
 from refinelib import experiment, metrics
 from refinelib.ablation import paper_ablation_table
+from refinelib.episodes import Episode, EpisodeLog
 from refinelib.evaluate import ORIGINAL
 
 # ----- the decision rule, fixed before any outcome is seen ----------------------------------------------
@@ -190,6 +194,9 @@ class Claim:
     direction: int = 1
     margin: float = MARGIN
     rules: tuple[str, ...] = ()  # perturbation rules (claim d)
+    # Which episodes test it (a key of the mapping evaluate_claims takes): "evaluation", the shared logs of
+    # chapters 01/04/05; "ablations", chapter 07's own (its variants are trained and played there).
+    source: str = "evaluation"
 
     @property
     def hypothesis(self) -> str:
@@ -230,11 +237,16 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("d", "robustness", "success", success, _EO_R, _HI, None, partial(_paper_robustness, "rule_std"),
           f"{_T3}, difference of the population stds", statistic="rule_std", rules=RULES, primary=False),
     Claim("e", "the mask matters", "progress", progress, ("refine", "erroneous_loss"), FIVE_TASKS, RATE_SD,
-          partial(_paper_ablation, "progress_rate"), _T2),
+          partial(_paper_ablation, "progress_rate"), _T2, source="ablations"),
     Claim("e", "the mask matters", "success", success, ("refine", "erroneous_loss"), FIVE_TASKS, SUCCESS_SD,
-          partial(_paper_ablation, "success_rate"), _T2,
-          primary=False),
+          partial(_paper_ablation, "success_rate"), _T2, primary=False, source="ablations"),
 )
+
+
+def with_models(models: Mapping[str, Sequence[str]], claims: Sequence[Claim] = CLAIMS) -> list[Claim]:
+    """``claims`` with the models of some replaced: ``{claim id: (first, second)}`` (e.g. a smoke run's
+    reference policies, to exercise the verdicts on what it played)."""
+    return [dataclasses.replace(c, models=tuple(models[c.id])) if c.id in models else c for c in claims]
 
 
 # ----- pairing --------------------------------------------------------------------------------------------
@@ -252,9 +264,15 @@ def paired_units(table: pd.DataFrame, claim: Claim) -> pd.DataFrame | None:
     if (ids > 1).any():
         raise ValueError(f"claim ({claim.id}): one rule under several ids: {sorted(ids.index[ids > 1])}")
     perturbation = {"original": ORIGINAL} | dict(zip(rows.setting, rows.perturbation, strict=True))
+    if claim.rules and len(perturbation) == 1:  # the robustness chapter did not play these models
+        return None
     if len(perturbation) < len(settings):
         raise ValueError(f"claim ({claim.id}): no episode under {sorted(set(settings) - set(perturbation))}")
-    units = set(rows[UNIT_KEY].itertuples(index=False, name=None))
+    # The design's units: for (d) the instances played under some rule (the evaluation chapters also play
+    # other instances with the original prompt only; those are outside the robustness design).
+    perturbed = rows[rows.setting != "original"] if claim.rules else rows
+    units = set(perturbed[UNIT_KEY].itertuples(index=False, name=None))
+    rows = rows[rows.set_index(UNIT_KEY).index.isin(list(units))]
     expected = {(s, i, seed, perturbation[st], sample) for s, i, seed, sample in units for st in settings}
     problems = []
     for model in claim.models:
@@ -332,16 +350,18 @@ def _scale(n: int, se: float, estimate: float, c: Claim, need_eq: float) -> dict
 
 
 COLUMNS = ["claim", "name", "metric", "statistic", "primary", "hypothesis", "first", "second", "suites",
-           "n_pairs", "difference", "ci_lo", "ci_hi", "margin", "direction", "verdict", "reason",
-           "paper_difference", "paper_label", "mde", "pairs_to_detect", "pairs_for_equivalence"]
+           "suite_pairs", "n_pairs", "difference", "ci_lo", "ci_hi", "margin", "direction", "verdict",
+           "reason", "paper_difference", "paper_label", "mde", "pairs_to_detect", "pairs_for_equivalence"]
 
 
-def evaluate_claims(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, n_boot: int = N_BOOT,
-                    seed: int = 0) -> pd.DataFrame:
+def evaluate_claims(table: pd.DataFrame | Mapping[str, pd.DataFrame], claims: Sequence[Claim] = CLAIMS,
+                    n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """One row per claim and metric (``COLUMNS``): the paired difference, its 95% interval, the verdict.
 
     Args:
-        table: a :func:`claim_table` (a :func:`metrics.episode_table` when no claim needs the detectors).
+        table: a :func:`claim_table` (a :func:`metrics.episode_table` when no claim needs the detectors),
+            or ``{source: table}`` to test each claim on its :attr:`Claim.source`'s episodes (a source
+            missing from the mapping: the claim was not run).
         claims: what to test (``dataclasses.replace`` a claim to change its models or suites).
         n_boot, seed: the bootstrap.
 
@@ -349,20 +369,25 @@ def evaluate_claims(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, n_boo
         Differences, intervals, the margin and the paper's difference in points (fractions x 100); ``mde``
         is the difference this run could detect, ``pairs_to_detect`` the pairs that would detect
         max(|difference|, margin), ``pairs_for_equivalence`` those an equivalence reading would need.
-        A claim whose models were not both played gets the verdict "not run".
+        A claim whose models were not both played gets the verdict "not run". ``suites`` names the suites
+        the pairs come from (the claim's suites that were played), ``suite_pairs`` ``{suite: pairs}``.
     """
+    tables = table if isinstance(table, Mapping) else None
     rows = []
     for c in claims:
         row = {"claim": c.id, "name": c.name, "metric": c.metric, "statistic": c.statistic,
                "primary": c.primary, "hypothesis": c.hypothesis, "first": c.models[0], "second": c.models[1],
-               "suites": ", ".join(c.suites), "margin": 100 * c.margin, "direction": c.direction,
-               "paper_difference": 100 * c.paper() if c.paper else math.nan, "paper_label": c.paper_label}
-        units = paired_units(table, c)
+               "suites": ", ".join(c.suites), "suite_pairs": {}, "margin": 100 * c.margin,
+               "direction": c.direction, "paper_difference": 100 * c.paper() if c.paper else math.nan,
+               "paper_label": c.paper_label}
+        own = table if tables is None else tables.get(c.source)
+        units = None if own is None else paired_units(own, c)
         if units is None or units.empty:
-            played = table[table.suite.isin(c.suites)].policy
-            missing = ", ".join(m for m in c.models if not (played == m).any()) or "either model with a value"
-            rows.append(row | {"n_pairs": 0, "verdict": NOT_RUN, "reason": f"no episodes of {missing}"})
+            rows.append(row | {"n_pairs": 0, "verdict": NOT_RUN, "reason": _not_run(own, c)})
             continue
+        counts = units["suite"].value_counts()
+        row |= {"suites": ", ".join(s for s in c.suites if s in counts.index),
+                "suite_pairs": {s: int(counts[s]) for s in c.suites if s in counts.index}}
         estimate, lo, hi = _estimate(units, c, n_boot, seed)
         n = len(units)
         need_eq = math.inf  # in pairs of this run's shape: a macro mean over unequal suites is worth fewer
@@ -375,6 +400,77 @@ def evaluate_claims(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS, n_boo
                            **_scale(n, (hi - lo) / (2 * _z(1 - ALPHA / 2)), estimate, c, need_eq)})
     counts = ["n_pairs", "pairs_to_detect", "pairs_for_equivalence"]  # whole numbers, missing where not run
     return pd.DataFrame(rows).reindex(columns=COLUMNS).astype(dict.fromkeys(counts, "Int64"))
+
+
+def _not_run(table: pd.DataFrame | None, c: Claim) -> str:
+    """Why claim ``c`` has no pairs in ``table``."""
+    if table is None:
+        return f"no {c.source} episodes in this build"
+    played = table[table.suite.isin(c.suites)].policy
+    missing = [m for m in c.models if not (played == m).any()]
+    if missing:
+        return f"no episodes of {', '.join(missing)}"
+    return f"no episode under {'/'.join(c.rules)}" if c.rules else "no pair with a value"
+
+
+# ----- this build's episodes -------------------------------------------------------------------------------
+# The chapters whose episodes test the claims: artifacts folder -> (source, chapter). 01, 04 and 05 play
+# into the shared logs of experiment.episodes_path; 07 into its own folder's episodes/<model>.jsonl.
+CHAPTERS = {"overfitting": ("evaluation", "01_overfitting_analysis"),
+            "generalization": ("evaluation", "04_generalization"),
+            "robustness": ("evaluation", "05_robustness"),
+            "ablations": ("ablations", "07_ablations")}
+KEY_NAMES = ["policy", "suite", "instance", "seed", "perturbation", "sample"]  # Episode.key's fields
+
+
+def chapter_episodes(folder: str | Path, logs: Mapping[str, str | Path]) -> list[Episode]:
+    """The episodes a chapter run played: the keys of its ``episodes.csv``, read back from the episode
+    logs ``logs`` (``{model: log}``). A log holds what every run with its identity played (a later run with
+    more instances adds to it), so the run's own key list, not the log, says which episodes it showed.
+
+    Raises:
+        ValueError: a key of ``episodes.csv`` that no log holds (naming how many and the first).
+    """
+    played = pd.read_csv(Path(folder) / "episodes.csv", dtype=str, keep_default_na=False)
+    wanted = set(played[KEY_NAMES].itertuples(index=False, name=None))
+    found = {tuple(map(str, e.key)): e for path in logs.values() if Path(path).is_file()
+             for e in EpisodeLog(path).read()}
+    if missing := sorted(wanted - set(found)):
+        raise ValueError(f"{folder}: {len(missing)} episode(s) of episodes.csv are in no log of "
+                         f"{sorted(logs)}, e.g. {missing[0]}")
+    return [found[k] for k in sorted(wanted)]
+
+
+def build_episodes(chapter_run_id: str, executed_dir: str | Path, smoke: bool,
+                   root: str | Path | None = None) -> tuple[dict[str, list[Episode]], dict[str, str | None]]:
+    """This build's episodes per :attr:`Claim.source`, from the chapters in :data:`CHAPTERS` whose run
+    ``artifacts/<folder>/<chapter_run_id>`` this build wrote (:func:`refinelib.manifest.this_build`).
+
+    Returns:
+        ``({source: episodes}, {run folder: None, or why it is not in this build})``; a source none of
+        whose chapters ran in this build is absent (its claims are "not run"). Episodes that two chapters
+        showed (01 and 04 share logs) are counted once.
+    """
+    from refinelib.manifest import read_manifest, this_build
+    from refinelib.paths import artifacts_dir
+
+    root = Path(root) if root is not None else artifacts_dir()
+    sources: dict[str, dict[tuple, Episode]] = {}
+    status: dict[str, str | None] = {}
+    for stage, (source, chapter) in CHAPTERS.items():
+        folder = f"{stage}/{chapter_run_id}"
+        manifest = read_manifest(root / folder)
+        why = "not run" if manifest is None else this_build(manifest, executed_dir, smoke)
+        status[folder] = None if why is None else f"{why}; run {chapter}"
+        if why is not None:
+            continue
+        if source == "evaluation":
+            logs = {m: experiment.episodes_path(manifest["eval_run_id"], m) for m in manifest["models"]}
+        else:
+            logs = {m: root / folder / "episodes" / f"{m}.jsonl" for m in manifest["models"]}
+        episodes = sources.setdefault(source, {})
+        episodes.update((e.key, e) for e in chapter_episodes(root / folder, logs))
+    return {k: list(v.values()) for k, v in sources.items()}, status
 
 
 # ----- sentences computed from the verdicts ---------------------------------------------------------------
@@ -417,6 +513,40 @@ def explain(verdicts: pd.DataFrame) -> str:
     return "\n".join(lines + (["", f"**What scale would decide it.** {' '.join(scale)}"] if scale else []))
 
 
+def hypotheses_table(claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+    """The claims as stated before any outcome: per claim its hypothesis (primary metric), the secondary
+    metrics reported next to it, the planning SD, and the paper's corresponding difference, labelled."""
+    rows = []
+    for c in (c for c in claims if c.primary):
+        others = [o.metric + ("" if o.statistic == "mean" else f" ({o.statistic})")
+                  for o in claims if o.id == c.id and not o.primary]
+        rows.append({"hypothesis": c.hypothesis, "also reported": ", ".join(others),
+                     "planning SD": round(c.planning_sd, 3),
+                     "the paper's difference (points)": round(100 * c.paper(), 1) if c.paper else "",
+                     "the paper's source": c.paper_label})
+    return pd.DataFrame(rows)
+
+
+def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """:func:`evaluate_claims` for reading: per row the models, the suites the pairs come from, pairs,
+    the difference and its interval (points, one decimal), the verdict and its reason, and the paper's
+    corresponding difference in columns labelled as the paper's. Primary metrics first within a claim."""
+    v = verdicts.sort_values(["claim", "primary"], ascending=[True, False], kind="stable")
+    ran = v.verdict != NOT_RUN
+    what = {"mean": "", "did": ", drop under the rules", "rule_std": ", std over the settings"}
+    metric = [f"{m}{what[s]}{'' if p else ' *'}" for m, s, p in zip(v.metric, v.statistic, v.primary,
+                                                                      strict=True)]
+    return pd.DataFrame({
+        "claim": [f"({c})" for c in v.claim], "metric": metric,
+        "first - second": v["first"] + " - " + v["second"], "suites": v.suites, "pairs": v.n_pairs,
+        "difference (points)": v.difference.where(ran).round(1),
+        "95% CI (points)": [f"{lo:+.1f} to {hi:+.1f}" if r else "" for lo, hi, r in
+                            zip(v.ci_lo, v.ci_hi, ran, strict=True)],
+        "verdict": v.verdict, "reason": v.reason,
+        "the paper's difference (points)": v.paper_difference.round(1), "the paper's source": v.paper_label,
+    }).reset_index(drop=True)
+
+
 # ----- the figure -----------------------------------------------------------------------------------------
 COLORS = {REPRODUCED: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:gray"}
 
@@ -442,11 +572,24 @@ def plot_verdicts(verdicts: pd.DataFrame, ax=None):
     ax.axvline(0, color="black", lw=0.8)
     what = {"mean": "", "did": ", drop (DiD)", "rule_std": ", std over settings"}
     ax.set_yticks(y, [f"({r.claim}) {r.metric}{what[r.statistic]}{'' if r.primary else ' *'}"
-                      for r in v.itertuples()])
+                      + (" (not run)" if r.verdict == NOT_RUN else "") for r in v.itertuples()])
     ax.set_xlabel("paired difference in the claimed direction (points; grey: ±margin)")
     handles = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
     ax.legend(handles.values(), handles.keys(), loc="best", fontsize="small")
     return ax
+
+
+def plot_claim(verdicts: pd.DataFrame, claim: str):
+    """The summary figure of one claim: :func:`plot_verdicts` of its rows, titled with its hypothesis and
+    its verdict. Returns the Figure."""
+    rows = verdicts[verdicts.claim == claim]
+    if rows.empty:
+        raise ValueError(f"no verdict for claim {claim!r}; claims: {sorted(set(verdicts.claim))}")
+    ax = plot_verdicts(rows)
+    head = rows[rows.primary.astype(bool)].iloc[0]
+    ax.set_title("\n".join(textwrap.wrap(f"{head.hypothesis}: {head.verdict}", 90)), fontsize="medium")
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 # ----- the designs: what each size can detect (docs/experiment_design.md) ---------------------------------
@@ -464,18 +607,31 @@ def design_table(per_suite: int, sizes: Mapping[str, int], claims: Sequence[Clai
     """Per primary claim at ``per_suite`` pairs per suite (capped at ``sizes``): pairs, effective pairs,
     the minimum detectable difference, the paper's difference and whether the size detects it, and the
     pairs an equivalence reading needs."""
-    rows = []
-    for c in (c for c in claims if c.primary):
-        n = [min(per_suite, sizes[s]) for s in c.suites]
-        effective, paper = effective_pairs(n), 100 * c.paper() if c.paper else math.nan
-        detectable = 100 * mde(effective, c.planning_sd)
-        equivalence = pairs_for_equivalence(c.margin, c.planning_sd)
-        rows.append({"claim": f"({c.id}) {c.metric}", "pairs": sum(n), "effective pairs": round(effective),
-                     "MDE (points)": round(detectable, 1), "paper (points)": round(paper, 1),
-                     "detects the paper's effect": ("yes" if detectable <= paper else "no") * bool(c.paper),
-                     "pairs for equivalence": equivalence,
-                     "equivalence reachable": "yes" if effective >= equivalence else "no"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([_design_row(c, [min(per_suite, sizes[s]) for s in c.suites])
+                         for c in claims if c.primary])
+
+
+def _design_row(c: Claim, n: Sequence[int], paper_column: str = "paper (points)") -> dict:
+    """What ``n`` pairs per suite (0: a suite not played) can show for claim ``c`` at its planning SD."""
+    n = [k for k in n if k > 0]
+    effective, paper = (effective_pairs(n) if n else 0.0), 100 * c.paper() if c.paper else math.nan
+    detectable = 100 * mde(effective, c.planning_sd) if effective else math.nan
+    equivalence = pairs_for_equivalence(c.margin, c.planning_sd)
+    return {"claim": f"({c.id}) {c.metric}", "pairs": sum(n), "effective pairs": round(effective),
+            "MDE (points)": round(detectable, 1), paper_column: round(paper, 1),
+            "detects the paper's effect": ("yes" if detectable <= paper else "no") * bool(c.paper and n),
+            "pairs for equivalence": equivalence,
+            "equivalence reachable": "yes" if effective >= equivalence else "no"}
+
+
+def run_design(verdicts: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+    """:func:`design_table` for the pairs this run has (``verdicts``' ``suite_pairs``): what each primary
+    claim's sizes could detect at its planning SD, whatever the outcome, next to the paper's difference
+    (labelled as the paper's). A claim not run has no pairs and no MDE."""
+    pairs = {r.claim: r.suite_pairs for r in verdicts[verdicts.primary.astype(bool)].itertuples()}
+    return pd.DataFrame([_design_row(c, list((pairs.get(c.id) or {}).values()),
+                                     "the paper's difference (points)")
+                         for c in claims if c.primary and c.id in pairs])
 
 
 def episode_budget(per_suite: int, sizes: Mapping[str, int], claims: Sequence[Claim] = CLAIMS) -> pd.Series:

@@ -321,3 +321,125 @@ def test_the_design_documents_constants_are_the_librarys():
     assert ("household held-in {household_held_in}, BabyAI {babyai}, SciWorld {sciworld}, PDDL {pddl}, "
             "textadventure {textadventure}").format(**small) in text
     assert max(small.values()) < claims.DESIGNS["default"]  # hence the designs run at AgentBoard scale
+
+
+# ----- real episode logs and this build's chapters (issue 11: the results chapter) -----------------------
+@pytest.fixture(scope="module")
+def played():
+    """Real episodes: the oracle and the random policy on household held-in and PDDL, 5 instances each."""
+    from refinelib import evaluate
+    from refinelib.policies import OraclePolicy, RandomPolicy
+
+    return [e for policy in (OraclePolicy(), RandomPolicy())
+            for e in evaluate.run(policy, ["household_held_in", "pddl"], max_instances=5, max_steps=12,
+                                  progress_bar=False)]
+
+
+def test_the_claims_run_on_real_episode_logs_and_name_the_suites_they_paired(played):
+    mine = claims.with_models({"a": ("oracle", "random"), "c": ("oracle", "random")})
+    v = claims.evaluate_claims(claims.claim_table(played), mine, n_boot=300).set_index(["claim", "metric"])
+    c = v.loc[("c", "progress")]
+    assert c.suites == "pddl" and c.suite_pairs == {"pddl": 5} and c.n_pairs == 5  # the held-out it played
+    assert c.verdict == INCONCLUSIVE and "fewer than" in c.reason  # 5 pairs: no verdict, however clear
+    assert c.difference > 0 and v.loc[("a", "progress")].suite_pairs == {"household_held_in": 5}
+    assert v.loc[("e", "progress")].verdict == NOT_RUN  # no source mapping needed for a single table
+    assert claims.CLAIMS[0].models == ("expert_only", "base")  # with_models copied, never mutated
+
+
+def test_each_claim_is_tested_on_its_own_sources_episodes(played):
+    table = claims.claim_table(played)
+    mine = claims.with_models({"a": ("oracle", "random"), "e": ("oracle", "random")})
+    v = claims.evaluate_claims({"evaluation": table}, mine, n_boot=200).set_index(["claim", "metric"])
+    assert v.loc[("a", "progress")].n_pairs == 5
+    assert v.loc[("e", "progress")].verdict == NOT_RUN
+    assert v.loc[("e", "progress")].reason == "no ablations episodes in this build"
+    v = claims.evaluate_claims({"ablations": table}, mine, n_boot=200).set_index(["claim", "metric"])
+    assert v.loc[("e", "progress")].n_pairs == 10 and v.loc[("a", "progress")].verdict == NOT_RUN
+
+
+def test_robustness_pairs_the_instances_played_under_the_rules_and_ignores_original_only_ones():
+    table = _robustness(n=24)
+    extra = _rows("expert_only", np.ones(6), suite="household_held_in", column="success", start=100)
+    extra = pd.concat([extra, extra.assign(policy="refine")], ignore_index=True)  # chapter 04's own instances
+    did = claims.evaluate_claims(pd.concat([table, extra], ignore_index=True), [claims.CLAIMS[7]], n_boot=300)
+    assert did.iloc[0].n_pairs == 24
+    assert did.iloc[0].difference == _evaluate(table, claims.CLAIMS[7], n_boot=300).difference
+    only_original = table[table.perturbation == "none"]
+    row = claims.evaluate_claims(only_original, [claims.CLAIMS[7]]).iloc[0]
+    assert row.verdict == NOT_RUN and row.reason == "no episode under R1/R2/R3/R4/R5"
+
+
+def _chapter(root, executed, stage, notebook, episodes, **manifest):
+    """A completed chapter run of this build: its episodes.csv and manifest, and its run record."""
+    import json
+    import time
+
+    from refinelib.manifest import write_manifest
+
+    folder = root / stage / "smoke"
+    folder.mkdir(parents=True)
+    metrics.episode_table(episodes).to_csv(folder / "episodes.csv", index=False)
+    write_manifest(folder, notebook=notebook, smoke=True, **manifest)
+    (executed / f"{notebook}.run.json").write_text(json.dumps(
+        {"seconds": 60, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() + 1))}))
+
+
+def test_build_episodes_reads_this_builds_chapters_and_only_the_episodes_they_showed(played, tmp_path,
+                                                                                       monkeypatch):
+    from refinelib import experiment
+    from refinelib.episodes import EpisodeLog
+
+    monkeypatch.setenv("REFINELIB_ARTIFACTS", str(tmp_path))
+    monkeypatch.delenv("REFINELIB_NOTEBOOK", raising=False)
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    for name in ("oracle", "random"):  # the shared logs also hold household episodes of an earlier run
+        EpisodeLog(experiment.episodes_path("ev", name)).append([e for e in played if e.policy == name])
+    shown = [e for e in played if e.suite == "pddl"]
+    _chapter(tmp_path, executed, "generalization", "04_generalization", shown,
+             models={"oracle": "oracle", "random": "random"}, eval_run_id="ev")
+    sources, status = claims.build_episodes("smoke", executed, smoke=True)
+    assert set(sources) == {"evaluation"}  # no ablation chapter in this build
+    assert sorted(e.key for e in sources["evaluation"]) == sorted(e.key for e in shown)
+    assert status["generalization/smoke"] is None
+    assert status["ablations/smoke"] == "not run; run 07_ablations"
+    _, not_smoke = claims.build_episodes("smoke", executed, smoke=False)
+    assert not_smoke["generalization/smoke"].startswith("a smoke run")
+    (tmp_path / "generalization" / "smoke" / "episodes.csv").write_text(
+        metrics.episode_table(played[:1]).assign(instance="pddl/gripper/99").to_csv(index=False))
+    with pytest.raises(ValueError, match=r"1 episode\(s\) of episodes.csv are in no log"):
+        claims.build_episodes("smoke", executed, smoke=True)
+
+
+def test_the_reading_tables_label_the_papers_numbers_and_the_run_design_uses_the_runs_pairs():
+    v = _verdicts()
+    table = claims.verdict_table(v)
+    assert list(table["claim"]) == ["(a)", "(c)", "(e)"]  # in claim order
+    assert list(table["verdict"]) == [NOT_RUN, REPRODUCED, INCONCLUSIVE]
+    assert [c for c in table.columns if "paper" in c] == ["the paper's difference (points)",
+                                                          "the paper's source"]
+    assert table["95% CI (points)"].iloc[0] == "" and pd.isna(table["difference (points)"].iloc[0])
+    assert table["difference (points)"].iloc[1] == round(v.difference.iloc[0], 1)
+    design = claims.run_design(v).set_index("claim")
+    assert design.loc["(c) progress", "pairs"] == 40 and design.loc["(e) progress", "pairs"] == 12
+    assert design.loc["(c) progress", "MDE (points)"] == round(100 * claims.mde(40, claims.RATE_SD), 1)
+    assert design.loc["(a) progress", "pairs"] == 0 and pd.isna(design.loc["(a) progress", "MDE (points)"])
+    assert design.loc["(a) progress", "detects the paper's effect"] == ""
+    hypotheses = claims.hypotheses_table()
+    assert len(hypotheses) == 5 and hypotheses["also reported"].iloc[0] == "success"
+    assert "the paper's difference (points)" in hypotheses.columns
+
+
+def test_one_figure_per_claim_titled_with_its_hypothesis_and_verdict():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = _verdicts()
+    fig = claims.plot_claim(v, "a")
+    assert "memorisation" in fig.axes[0].get_title() and NOT_RUN in fig.axes[0].get_title()
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["(a) progress (not run)"]
+    with pytest.raises(ValueError, match="no verdict for claim 'z'"):
+        claims.plot_claim(v, "z")
+    plt.close("all")
