@@ -281,7 +281,7 @@ def _run(config: SynthesisConfig, out: Path, make: Callable[[int], Sample], clie
             bar.update(min(accepted_count(), config.n) - bar.n)
             if failing >= max(workers, OUTAGE_AFTER):
                 warnings.warn(f"synthesis stopped: the last {failing} candidates failed at the endpoint "
-                              f"({sample.verdicts[-1]['detail'][:200]}); re-run to continue", stacklevel=2)
+                              f"({sample.verdicts[-1]['detail'][:200]}); re-run to continue", stacklevel=3)
                 break
     bar.close()
     return SynthesisRun(config, [done[i] for i in sorted(done)], out, skipped)
