@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -100,16 +101,61 @@ def _check_provenance(directory: Path) -> None:
         )
 
 
+# A Hugging Face model id: "name" or "owner/name" (letters, digits, "-", "_", "."), never a path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def check_name(name_or_path: str | os.PathLike) -> None:
+    """Raise one ``FileNotFoundError`` naming ``name_or_path`` unless it is the default model, an existing
+    local directory or something shaped like a Hugging Face id (``owner/name``); cheap, loads nothing.
+
+    Without this a missing directory such as ``/no/such/dir`` reaches the hub client, which fails deep
+    inside with "Repo id must be in the form 'repo_name' or 'namespace/repo_name'".
+    """
+    name = os.fspath(name_or_path)
+    if name == DEFAULT_MODEL:
+        return
+    if not name.strip():
+        raise FileNotFoundError("model '': an empty name (the default is SmolLM2-135M-Instruct)")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"model {name!r}: {path} is a file; give the model's directory")
+        return
+    if not HUB_ID.fullmatch(name) or ".." in name or name.endswith("."):
+        raise FileNotFoundError(f"model {name!r}: no such directory (and not a Hugging Face model id)")
+
+
 def resolve(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> str:
-    """What ``from_pretrained`` reads: the converted SmolLM2 directory for the default name, else as given."""
-    return str(smollm2_dir()) if str(name_or_path) == DEFAULT_MODEL else str(name_or_path)
+    """What ``from_pretrained`` reads: the converted SmolLM2 directory for the default name, else as given.
+
+    Raises:
+        FileNotFoundError: ``name_or_path`` is neither the default, a local directory nor a hub id.
+    """
+    check_name(name_or_path)
+    name = os.fspath(name_or_path)
+    if name == DEFAULT_MODEL:
+        return str(smollm2_dir())
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name
+
+
+def _from_pretrained(loader, path: str, **kwargs):
+    """``loader.from_pretrained(path)`` with a hub id missing offline reported as one error naming it."""
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as error:
+        if Path(path).exists():
+            raise
+        raise FileNotFoundError(f"model {path!r}: not a local directory, and the Hugging Face hub (offline: "
+                                f"its local cache) does not have it: {str(error).splitlines()[0]}") from None
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     """The tokenizer of a model (its chat template included), with a pad token set for batching."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    tokenizer = _from_pretrained(AutoTokenizer, resolve(name_or_path))
     if tokenizer.pad_token is None:
         # Padding is masked out of attention and loss, so which id pads does not matter; eos is always there.
         tokenizer.pad_token = tokenizer.eos_token
@@ -128,12 +174,16 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype=None):
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode.
+
+    Raises:
+        FileNotFoundError: one message naming ``name_or_path`` when it is neither the default model, a
+            local directory nor a Hugging Face id available (offline: in the local cache).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve(name_or_path)
     tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model = _from_pretrained(AutoModelForCausalLM, path, dtype=dtype or torch.float32)
     model.eval()
     return model, tokenizer

@@ -16,93 +16,143 @@ Calling ``train`` again with the same config after an interruption resumes from 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
+import typing
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import SchedulerType, get_last_checkpoint
 
-from refinelib import models
+from refinelib import models, runs
 from refinelib.manifest import package_versions, write_manifest
 from refinelib.masking import IGNORE_INDEX, POLICIES, Rendered, render_many
 
-RUN_FILE = "run.json"             # config + data fingerprint of the run the checkpoints belong to
+RUN_FILE = "run.json"             # identity (config, data fingerprint, code) of the checkpoints' run
 LOSS_FILE = "loss_history.csv"
 # Fields that may change between an interrupted run and its resumption without changing what is trained.
-RESUMABLE_CHANGES = {"num_threads", "merge", "save_total_limit"}
+# micro_batch_size and supervised_logits_only change how, not what: the same loss and gradient per step.
+RESUMABLE_CHANGES = {"num_threads", "merge", "save_total_limit", "micro_batch_size", "supervised_logits_only"}
+
+
+def _field(default, help: str, **rules):
+    """A :class:`TrainConfig` field: default, help text (``train_cli --help`` prints it) and value rules.
+
+    ``rules``: ``choices`` (the allowed non-numeric values); ``min`` (inclusive), ``above`` and ``below``
+    (exclusive) bounds for numbers. The accepted types come from the annotation.
+    """
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **rules})
+    return field(default=default, metadata={"help": help, **rules})
 
 
 @dataclass
 class TrainConfig:
-    """Everything a refinement-tuning run depends on; saved in ``manifest.json`` (records by fingerprint)."""
+    """Everything a refinement-tuning run depends on; saved in ``manifest.json`` (records by fingerprint).
+
+    Every field is checked when the config is made (type, range, choices), so a bad value fails with one
+    error naming the field before any model loads. Numbers given as strings (YAML reads ``2e-5`` as one)
+    are converted when they parse exactly as numbers.
+    """
 
     # Model
-    base_model: str = models.DEFAULT_MODEL  # SmolLM2-135M-Instruct ships offline; any HF id or local dir
-    method: str = "lora"                 # "lora": cheap on CPU, small artifact; "full": the paper's setting
+    base_model: str = _field(models.DEFAULT_MODEL, "SmolLM2-135M-Instruct ships offline; or a local model "
+                             "directory, or a Hugging Face id in the local cache")
+    method: str = _field("lora", "'lora': cheap on CPU, small artifact; 'full': the paper's setting",
+                         choices=("lora", "full"))
     # Data
-    train_file: str | None = None        # JSONL in the released schema (method.md §7)
-    validation_file: str | None = None   # a held-out JSONL; otherwise eval_fraction of train is held out
-    train_records: list[dict] | None = field(default=None, repr=False)       # in memory instead of a file
-    validation_records: list[dict] | None = field(default=None, repr=False)  # in memory instead of a file
-    eval_fraction: float = 0.1           # validation share split off train when none is given; 0 = no eval
-    mask_policy: str = "refine"          # masking.POLICIES: the paper's row and its two mask ablations
-    max_length: int = 2048               # trajectories are ~1k tokens (method.md §7); caps CPU cost
+    train_file: str | None = _field(None, "JSONL in the released schema (method.md section 7)")
+    validation_file: str | None = _field(None, "a held-out JSONL; otherwise eval_fraction of train is "
+                                         "held out")
+    train_records: list[dict] | None = field(default=None, repr=False, metadata={
+        "help": "records in memory instead of train_file (not settable from a command line)"})
+    validation_records: list[dict] | None = field(default=None, repr=False, metadata={
+        "help": "records in memory instead of validation_file (not settable from a command line)"})
+    eval_fraction: float = _field(0.1, "validation share split off train when none is given; 0 = no "
+                                  "validation", min=0, below=1)
+    mask_policy: str = _field("refine", "which assistant turns are trained: the paper's row and its two mask "
+                              "ablations (masking.POLICIES)", choices=POLICIES)
+    max_length: int = _field(2048, "tokens per example; trajectories are ~1k tokens (method.md section 7); "
+                             "later turns are dropped whole", min=2)
     # LoRA (ignored for method="full")
-    lora_r: int = 16                     # rank: enough for format and recovery behaviour; 3.6 % of SmolLM2
-    lora_alpha: int = 32                 # alpha = 2r, the usual scale, so lr transfers across r
-    lora_dropout: float = 0.0            # 0.05 cost SmolLM2 on CPU +9 % time, +1.6 GB peak (train_speed.py)
-    lora_target_modules: str | list[str] = "all-linear"  # every projection: better than q/v only at equal r
-    lora_top_layers: int | None = None   # only the top N layers: backward stops early (models.md §6 lever)
+    lora_r: int = _field(16, "LoRA rank: enough for format and recovery behaviour; 3.6 % of SmolLM2", min=1)
+    lora_alpha: int = _field(32, "LoRA scale numerator; alpha = 2r, so the learning rate transfers across "
+                               "r", above=0)
+    lora_dropout: float = _field(0.0, "0.05 cost SmolLM2 on CPU +9 % time, +1.6 GB peak (train_speed.py)",
+                                 min=0, below=1)
+    lora_target_modules: str | list[str] = _field("all-linear", "modules with adapters; 'all-linear' (every "
+                                                  "projection) beats q/v only at equal r")
+    lora_top_layers: int | None = _field(None, "LoRA on the top N layers only: backward stops early; "
+                                         "None or 0 = every layer", min=0)
     # Optimisation
-    epochs: float = 3.0                  # method.md §10's starting point
-    max_steps: int = -1                  # >0 overrides epochs (smoke runs)
-    learning_rate: float = 2e-4          # LoRA's usual; use ~2e-5 for full fine-tuning of an 8B model
-    lr_scheduler: str = "cosine"         # method.md §10
-    warmup_ratio: float = 0.03           # method.md §10: 3 % warmup
-    weight_decay: float = 0.0            # no decay: short runs, and LoRA factors start at zero anyway
-    batch_size: int = 4                  # per device; SmolLM2 LoRA, 4 x ~420 tokens: 6.9 GB peak on CPU
-    grad_accumulation: int = 1           # raise on GPUs toward the paper's global batch of 64
-    seed: int = 0                        # model init (LoRA factors), data order, dropout, and the split
+    epochs: float = _field(3.0, "passes over the data (method.md section 10's starting point)", above=0)
+    max_steps: int = _field(-1, "optimizer steps; > 0 overrides epochs (smoke runs); -1 or 0: use epochs",
+                           min=-1)
+    learning_rate: float = _field(2e-4, "LoRA's usual; use ~2e-5 for full fine-tuning of an 8B model",
+                                above=0)
+    lr_scheduler: str = _field("cosine", "learning-rate schedule (method.md section 10)",
+                               choices=tuple(s.value for s in SchedulerType))
+    warmup_ratio: float = _field(0.03, "share of the steps spent warming up (method.md section 10: 3 %)",
+                                 min=0, below=1)
+    weight_decay: float = _field(0.0, "no decay: short runs, and LoRA factors start at zero anyway", min=0)
+    batch_size: int = _field(4, "examples per optimizer step and device (the batch the loss averages "
+                             "over, whatever micro_batch_size is)", min=1)
+    grad_accumulation: int = _field(1, "batches per optimizer step; raise on GPUs toward the paper's global "
+                                    "batch of 64", min=1)
+    micro_batch_size: int | str = _field("auto", "examples per forward/backward pass; a batch is split into "
+                                         "micro-batches with the same loss and gradient. 'auto': 1 on a CPU "
+                                         "(no padding, a quarter of the activations at batch 4), batch_size "
+                                         "on a GPU", choices=("auto",), min=1)
+    seed: int = _field(0, "model init (LoRA factors), data order, dropout, and the split", min=0)
     # Batching and hardware
-    padding_free: bool = False           # pack each batch into one row with position_ids resets (no padding)
-    group_by_length: bool = True         # padded batches of similar lengths: little padding, same maths
-    bf16: bool | str = "auto"            # "auto": on where the GPU supports bf16; CPUs are slow in it
-    gradient_checkpointing: bool | str = "auto"  # "auto": on with CUDA (memory-bound), off on CPU (slower)
-    num_threads: int | None = None       # torch.set_num_threads when set; None leaves OMP_NUM_THREADS alone
+    padding_free: bool = _field(False, "pack each micro-batch into one row with position_ids resets (no "
+                                "padding)")
+    group_by_length: bool = _field(True, "batches of similar lengths: little padding, same maths")
+    supervised_logits_only: bool = _field(True, "LM head and loss only at supervised positions: the same "
+                                          "loss without full-vocabulary logits for masked context")
+    bf16: bool | str = _field("auto", "'auto': on where the GPU supports bf16; CPUs are slow in it",
+                              choices=(True, False, "auto"))
+    gradient_checkpointing: bool | str = _field("auto", "'auto': on with CUDA (memory-bound), off on CPU "
+                                                "(slower)", choices=(True, False, "auto"))
+    num_threads: int | str | None = _field("auto", "torch threads during training (restored after); 'auto': "
+                                           "the cores other processes leave idle (oversubscribed OpenMP "
+                                           "threads lost 3-6x); None: torch's default", choices=("auto",),
+                                           min=1)
     # Outputs
-    output_dir: str = "artifacts/train/dev"  # checkpoints, adapter/model, loss table and manifest go here
-    save_steps: int = 50                 # checkpoint period: what an interruption can cost
-    save_total_limit: int | None = 2     # keep the newest checkpoints only (disk), enough to resume
-    eval_steps: int | None = None        # validation-loss period; None = every save_steps
-    logging_steps: int = 1               # one loss row per optimizer step in loss_history.csv
-    merge: bool = False                  # also write merged/ (LoRA folded in) for engines without peft
+    output_dir: str = _field("artifacts/train/dev", "checkpoints, adapter/model, loss table and manifest")
+    save_steps: int = _field(50, "checkpoint period: what an interruption can cost", min=1)
+    save_total_limit: int | None = _field(2, "keep the newest checkpoints only (disk), enough to resume; "
+                                          "None keeps all", min=1)
+    eval_steps: int | None = _field(None, "validation-loss period; None = every save_steps", min=1)
+    logging_steps: int = _field(1, "one loss row per logging_steps optimizer steps in loss_history.csv",
+                                min=1)
+    merge: bool = _field(False, "also write merged/ (LoRA folded in) for engines without peft")
 
     def __post_init__(self):
-        if self.method not in ("lora", "full"):
-            raise ValueError(f"method must be 'lora' or 'full', not {self.method!r}")
-        if self.mask_policy not in POLICIES:
-            raise ValueError(f"mask_policy must be one of {POLICIES}, not {self.mask_policy!r}")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f, getattr(self, f.name)))
         if (self.train_file is None) == (self.train_records is None):
-            raise ValueError("give exactly one of train_file and train_records")
+            raise ValueError("TrainConfig: give exactly one of train_file and train_records")
         if self.validation_file is not None and self.validation_records is not None:
-            raise ValueError("give at most one of validation_file and validation_records")
-        for name in ("bf16", "gradient_checkpointing"):
-            if getattr(self, name) not in (True, False, "auto"):
-                raise ValueError(f"{name} must be true, false or 'auto'")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError("eval_fraction must be in [0, 1)")
+            raise ValueError("TrainConfig: give at most one of validation_file and validation_records")
+        if self.micro_batch_size != "auto" and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"TrainConfig.micro_batch_size: {self.micro_batch_size} does not divide "
+                             f"batch_size {self.batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready values; in-memory records appear as a count (the fingerprint has them)."""
@@ -110,6 +160,82 @@ class TrainConfig:
         for name in ("train_records", "validation_records"):
             out[name] = None if out[name] is None else f"<{len(out[name])} records in memory>"
         return out
+
+
+_HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types (they are strings in this module)
+
+
+def _checked(f: dataclasses.Field, value):
+    """``value`` for field ``f`` if its type and rules allow it (numbers in strings converted), else raise.
+
+    >>> _checked(next(f for f in dataclasses.fields(TrainConfig) if f.name == "learning_rate"), "2e-5")
+    2e-05
+    """
+    kinds = typing.get_args(_HINTS[f.name]) or (_HINTS[f.name],)
+    rules, name = f.metadata, f"TrainConfig.{f.name}"
+    if value is None:
+        if type(None) in kinds:
+            return None
+        raise ValueError(f"{name} must not be None")
+    if isinstance(value, os.PathLike) and str in kinds:
+        value = os.fspath(value)
+    numeric = int if int in kinds else float if float in kinds else None
+    if isinstance(value, str) and numeric and value not in rules.get("choices", ()):
+        value = _number(value, numeric, name)  # YAML reads 2e-5 as a string; a CLI gives "4"
+    if isinstance(value, bool) and bool not in kinds:
+        raise ValueError(f"{name} must be {_kind_names(kinds)}, not {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and float in kinds:
+        value = float(value)
+    if isinstance(value, float) and int in kinds and float not in kinds:
+        if not value.is_integer():
+            raise ValueError(f"{name} must be a whole number, not {value!r}")
+        value = int(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    if not any(_is(value, kind) for kind in kinds if kind is not type(None)):
+        raise ValueError(f"{name} must be {_kind_names(kinds)}, not {value!r} ({type(value).__name__})")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        bounds = {"min": (">=", lambda bound: value >= bound), "above": (">", lambda bound: value > bound),
+                  "below": ("<", lambda bound: value < bound)}
+        rules_here = [(sign, rules[rule], ok) for rule, (sign, ok) in bounds.items() if rule in rules]
+        if math.isnan(value) or not all(ok(bound) for _, bound, ok in rules_here):
+            wanted = " and ".join(f"{sign} {bound}" for sign, bound, _ in rules_here) or "a number"
+            raise ValueError(f"{name} must be {wanted}, not {value!r}")
+    elif "choices" in rules and value not in rules["choices"]:
+        raise ValueError(f"{name} must be one of {list(rules['choices'])}, not {value!r}")
+    if f.name in ("base_model", "output_dir", "train_file", "validation_file") and not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def _number(text: str, kind: type, name: str):
+    """``text`` as a number of ``kind`` ("2e-5" -> 2e-05, "4" -> 4, "4.0" -> 4); anything else raises."""
+    try:
+        number = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {text!r}") from None
+    if kind is int:
+        if not number.is_integer():
+            raise ValueError(f"{name} must be a whole number, not {text!r}")
+        return int(number)
+    return number
+
+
+def _is(value, kind) -> bool:
+    """isinstance for the annotations TrainConfig uses (``list[str]``, ``list[dict]`` included)."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        item = Mapping if item is dict else item
+        return isinstance(value, list) and all(isinstance(v, item) for v in value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _kind_names(kinds) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    return " or ".join(names.get(k, str(k).replace("typing.", "")) for k in kinds if k is not type(None))
 
 
 @dataclass
@@ -256,14 +382,88 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
+def supervised_loss(model, inputs: Mapping, labels: torch.Tensor, num_items_in_batch=None, head=None):
+    """The causal-LM loss with the LM head applied only at supervised positions.
+
+    Equal to the model's own ``loss`` for the same ``labels`` (mean over supervised next-token
+    predictions, or their sum over ``num_items_in_batch``), but the full-vocabulary logits of masked
+    context, most of an agent trajectory, are never made: a forward pre-hook on the output embedding
+    keeps only the hidden states whose next token is supervised. The forward pass still goes through
+    ``model`` itself, so wrappers (peft, DDP, FSDP, DeepSpeed) see an ordinary call.
+
+    Args:
+        model: a causal LM (or a wrapper whose forward reaches one).
+        inputs: the model's inputs without ``labels`` (input_ids, attention_mask or position_ids).
+        labels: ``[batch, length]``, -100 where nothing is trained.
+        num_items_in_batch: the supervised-token count of the whole accumulated batch (Trainer's
+            gradient-accumulation normalisation); None: this batch's own count.
+        head: the output embedding module; found on ``model`` when None.
+
+    Returns:
+        ``(loss, outputs)``; ``outputs.logits`` holds only the supervised positions, ``[n, vocab]``.
+    """
+    head = head if head is not None else _output_embeddings(model)
+    keep = labels[..., 1:] != IGNORE_INDEX
+
+    def select(module, args):
+        hidden = args[0]
+        if hidden.shape[:2] != labels.shape:
+            raise RuntimeError(f"supervised_logits_only: the LM head saw hidden states {tuple(hidden.shape)} "
+                               f"for labels {tuple(labels.shape)}; use supervised_logits_only=False here")
+        return (hidden[:, :-1][keep], *args[1:])
+
+    hook = head.register_forward_pre_hook(select)
+    try:
+        outputs = model(**inputs, use_cache=False)
+    finally:
+        hook.remove()
+    # float(): the same upcast as transformers' ForCausalLMLoss, so bf16 runs get the same loss too
+    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels[..., 1:][keep], reduction="sum")
+    return loss / (keep.sum() if num_items_in_batch is None else num_items_in_batch), outputs
+
+
+def _output_embeddings(model):
+    """The LM head of ``model`` under any wrappers (DDP's ``module``, peft's base model)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_output_embeddings()
+
+
 class RefineTrainer(Trainer):
-    """``Trainer`` with :class:`EpochSeededLengthGroupedSampler` in place of the global-RNG one."""
+    """``Trainer`` with exactly resumable length-grouped batches and the loss at supervised positions only.
+
+    * :class:`EpochSeededLengthGroupedSampler` replaces the global-RNG one.
+    * With ``supervised_logits_only``, :func:`supervised_loss` computes the loss, always normalised by
+      the supervised tokens of the whole optimizer batch, so a batch split into micro-batches gives the
+      same loss and gradient as the batch in one pass.
+    """
+
+    def __init__(self, *args, supervised_logits_only: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.supervised_logits_only = supervised_logits_only
+        if supervised_logits_only:
+            # makes the Trainer count the whole batch's supervised tokens (num_items_in_batch) for
+            # compute_loss below, which divides by them itself (the model never sees the count)
+            self.model_accepts_loss_kwargs = True
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
             return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.data_seed)
         return sampler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.supervised_logits_only or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        loss, outputs = supervised_loss(model, inputs, labels, num_items_in_batch, head=head)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # as Trainer.compute_loss: the count is summed over processes, and DDP averages gradients
+            loss_scale = self.accelerator.num_processes // self.get_tp_size()
+            loss = loss * (loss_scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return (loss, outputs) if return_outputs else loss
 
 
 def train(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
@@ -281,11 +481,36 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     Raises:
         ValueError: no training example survived masking, or ``output_dir`` holds another run's checkpoints.
     """
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
+    _check_paths(config)  # a missing file or model fails here, before any tokenizer, data or model work
+    before, wanted = torch.get_num_threads(), threads(config.num_threads)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if PartialState().is_main_process:  # under accelerate launch, one process writes the files
+            # a second training into this folder fails at once, naming this one's pid
+            stack.enter_context(runs.RunLock(out))
+        if wanted is not None:
+            torch.set_num_threads(wanted)
+            stack.callback(torch.set_num_threads, before)  # the caller's setting comes back afterwards
+        return _train(config, callbacks, out)
 
+
+def _check_paths(config: TrainConfig) -> None:
+    """One error naming the field for a missing data file, a file where output_dir should be, or a base
+    model that is neither the default, a local directory nor a Hugging Face id."""
+    for name in ("train_file", "validation_file"):
+        path = getattr(config, name)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"TrainConfig.{name}: {path} does not exist or is not a file")
+    if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
+        raise NotADirectoryError(f"TrainConfig.output_dir: {config.output_dir} is a file, not a folder")
+    try:
+        models.check_name(config.base_model)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"TrainConfig.base_model: {error}") from None
+
+
+def _train(config: TrainConfig, callbacks: Sequence, out: Path) -> TrainResult:
+    out.mkdir(parents=True, exist_ok=True)
     tokenizer = models.load_tokenizer(config.base_model)
     train_records = config.train_records if config.train_file is None else load_records(config.train_file)
     if config.validation_file is not None:
@@ -327,6 +552,7 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
                        else PaddedCollator(tokenizer.pad_token_id)),
         processing_class=tokenizer,
         callbacks=list(callbacks),
+        supervised_logits_only=config.supervised_logits_only,
     )
     trainer.remove_callback(PrinterCallback)  # no log dict per step on stdout
     output = trainer.train(resume_from_checkpoint=resume)
@@ -412,12 +638,35 @@ def _apply_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def micro_batch_size(config: TrainConfig) -> int:
+    """Examples per forward/backward pass: ``config.micro_batch_size``, or for "auto" 1 on a CPU (no
+    padding and the activations of one example; measured as fast as whole batches there) and the whole
+    batch on a GPU (which wants wide matrices)."""
+    if config.micro_batch_size != "auto":
+        return config.micro_batch_size
+    return config.batch_size if torch.cuda.is_available() else 1
+
+
+def threads(setting: int | str | None) -> int | None:
+    """torch threads for a ``num_threads`` setting: "auto" takes the cores no other process is using.
+
+    Two spinning OpenMP threads on two cores that other jobs also use lost 3-6x in ``train_speed.py``
+    (and 10-20x in generation, docs/models.md), so "auto" subtracts the one-minute load average (this
+    process is idle when it is read) from the usable cores, keeping at least one.
+    """
+    if setting != "auto":
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
 def _training_arguments(config: TrainConfig, has_eval: bool, eval_on_start: bool):
     """TrainingArguments for this config; 'auto' switches follow the hardware."""
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else config.bf16
     checkpointing = cuda if config.gradient_checkpointing == "auto" else config.gradient_checkpointing
     eval_steps = config.eval_steps or config.save_steps
+    micro = micro_batch_size(config)
     return TrainingArguments(
         output_dir=config.output_dir,
         num_train_epochs=config.epochs,
@@ -426,9 +675,11 @@ def _training_arguments(config: TrainConfig, has_eval: bool, eval_on_start: bool
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
         weight_decay=config.weight_decay,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accumulation,
+        # a batch of batch_size is micro-batches of `micro`, accumulated: the same examples per optimizer
+        # step, and the sampler groups batch_size * accumulation examples, so the same batches too
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=config.batch_size,  # eval loss is a mean of per-batch means: keep them
+        gradient_accumulation_steps=config.grad_accumulation * (config.batch_size // micro),
         seed=config.seed,
         data_seed=config.seed,
         bf16=bf16,
@@ -452,21 +703,31 @@ def _training_arguments(config: TrainConfig, has_eval: bool, eval_on_start: bool
     )
 
 
+def run_identity(config: TrainConfig, digest: str) -> dict[str, Any]:
+    """What checkpoints must share to be resumed: the config (less RESUMABLE_CHANGES), the rendered data's
+    fingerprint, this module's code and the training packages' versions."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    return {**fields, "dataset_fingerprint": digest, "code": runs.code_version(__name__),
+            "packages": package_versions(("torch", "transformers", "peft"))}
+
+
 def _check_same_run(out: Path, config: TrainConfig, digest: str, resume: str | None) -> None:
-    """Record this run's identity; refuse to resume another run's checkpoints."""
-    mine = json.loads(json.dumps({"config": config.to_dict(), "dataset_fingerprint": digest}, default=str))
-    path = out / RUN_FILE
-    if resume is not None and path.is_file():
-        theirs = json.loads(path.read_text())
-        changed = sorted(k for k in mine["config"]
-                         if k not in RESUMABLE_CHANGES and theirs["config"].get(k) != mine["config"][k])
-        if changed or theirs["dataset_fingerprint"] != digest:
-            what = ", ".join(changed) if changed else "the rendered dataset"
-            raise ValueError(f"{out} holds checkpoints of a different run ({what} changed); "
-                             "use another output_dir or delete the checkpoints")
-    tmp = out / f".{RUN_FILE}.partial"
-    tmp.write_text(json.dumps(mine, indent=1))
-    tmp.replace(path)
+    """Refuse to resume another run's checkpoints; set an earlier run's manifest aside; record this run.
+
+    The manifest goes before training starts, so a folder whose run is unfinished never looks finished
+    (evaluation trusts ``manifest.json``); a finished run called again rewrites it at the end.
+    """
+    identity, sidecar, manifest = run_identity(config, digest), out / RUN_FILE, out / "manifest.json"
+    if resume is not None:
+        # one StaleRunError (a ValueError) naming each changed field, or that no identity was recorded
+        runs.check_identity(sidecar, identity, "refuse", files=[Path(resume)])
+        manifest.unlink(missing_ok=True)
+        return
+    kept = runs.set_aside(manifest) if manifest.is_file() else []
+    if kept:
+        warnings.warn(f"{out} held a finished earlier run; its manifest is kept as {kept[0].name} and this "
+                      "run's outputs replace that run's", runs.StaleRunWarning, stacklevel=3)
+    runs.write_json_atomic(sidecar, identity, indent=1, default=str)
 
 
 def _hardware(trainer) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def config(tiny_dir, output_dir, **overrides) -> TrainConfig:
     """Small, fast settings: the tiny model learns the templates within a few dozen steps."""
     base = dict(base_model=tiny_dir, train_records=[episode(i) for i in range(24)],
                 output_dir=str(output_dir), max_length=200, epochs=2, batch_size=4, learning_rate=2e-2,
-                warmup_ratio=0.0, lora_r=8, lora_alpha=16, save_steps=6)
+                warmup_ratio=0.0, lora_r=8, lora_alpha=16, save_steps=6, num_threads=1)
     return TrainConfig(**{**base, **overrides})
 
 
@@ -176,7 +176,8 @@ def test_outputs_exist_and_the_manifest_is_written_last(lora_run):
         rows = list(csv.DictReader(handle))
     assert {r["split"] for r in rows} == {"train", "validation"}
     assert [int(r["step"]) for r in rows if r["split"] == "train"] == list(range(1, 13))
-    newest = max(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    newest = max(p.stat().st_mtime_ns for p in out.rglob("*")  # .lock: released after the manifest
+                 if p.is_file() and p.name not in ("manifest.json", ".lock"))
     assert (out / "manifest.json").stat().st_mtime_ns >= newest
 
 
@@ -270,7 +271,7 @@ def test_an_interrupted_run_resumes_to_the_same_final_weights(tiny_dir, tmp_path
 def test_resuming_refuses_checkpoints_of_a_different_run(tiny_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(config(tiny_dir, tmp_path, save_steps=2), callbacks=[Crash(step=2)])
-    with pytest.raises(ValueError, match="learning_rate changed"):
+    with pytest.raises(ValueError, match="learning_rate: 0.02 -> 0.001"):
         train(config(tiny_dir, tmp_path, save_steps=2, learning_rate=1e-3))
 
 
