@@ -320,7 +320,7 @@ def verdict(lo: float, hi: float, n: int, direction: int = 1, margin: float = MA
     lo, hi = sorted((direction * lo, direction * hi))  # the claimed direction is positive from here on
     points = f"±{100 * margin:.0f} points"
     if n < min_pairs:
-        return INCONCLUSIVE, f"{n} pairs, fewer than the {min_pairs} a verdict needs"
+        return INCONCLUSIVE, f"{_pairs(n)}, fewer than the {min_pairs} a verdict needs"
     if lo > 0:
         return REPRODUCED, "the 95% interval lies on the claimed side of 0" + (
             f", all of it inside {points}" if hi < margin else "")
@@ -343,7 +343,9 @@ def _scale(n: int, se: float, estimate: float, c: Claim, need_eq: float) -> dict
         return {}
     detect, equivalent = _z(1 - ALPHA / 2) + _z(POWER), _z(1 - ALPHA / 2) + _z((1 + POWER) / 2)
     target = max(abs(estimate), c.margin)  # an effect below the margin is not worth detecting
-    out = {"mde": 100 * detect * se, "pairs_to_detect": math.ceil(n * (detect * se / target) ** 2)}
+    # at least MIN_PAIRS: rule 1 gives no verdict below it, however large the effect
+    out = {"mde": 100 * detect * se,
+           "pairs_to_detect": max(MIN_PAIRS, math.ceil(n * (detect * se / target) ** 2))}
     if c.planning_sd:
         out["pairs_for_equivalence"] = max(need_eq, math.ceil(n * (equivalent * se / c.margin) ** 2))
     return out
@@ -474,6 +476,10 @@ def build_episodes(chapter_run_id: str, executed_dir: str | Path, smoke: bool,
 
 
 # ----- sentences computed from the verdicts ---------------------------------------------------------------
+def _pairs(n: int) -> str:
+    return "1 pair" if n == 1 else f"{n} pairs"
+
+
 def sentence(row: Mapping) -> str:
     """One row of :func:`evaluate_claims` in words, every number taken from the row."""
     head = f"({row['claim']}) {row['name']}, {row['metric']}: {row['verdict']}"
@@ -483,7 +489,7 @@ def sentence(row: Mapping) -> str:
         f" The paper's corresponding difference: {row['paper_difference']:+.1f} points "
         f"({row['paper_label']}).")
     return (f"{head}: {row['first']} - {row['second']} = {row['difference']:+.1f} points (95% CI "
-            f"{row['ci_lo']:+.1f} to {row['ci_hi']:+.1f}, {row['n_pairs']} pairs); {row['reason']}.{paper}")
+            f"{row['ci_lo']:+.1f} to {row['ci_hi']:+.1f}, {_pairs(row['n_pairs'])}); {row['reason']}.{paper}")
 
 
 def explain(verdicts: pd.DataFrame) -> str:
@@ -500,9 +506,11 @@ def explain(verdicts: pd.DataFrame) -> str:
              ((REPRODUCED, "Reproduced"), (CONTRADICTED, "Contradicted")) if by[v]]
     not_shown = [f"{label}: {names(by[v], why)}." for v, label, why in
                  ((INCONCLUSIVE, "Still open", True), (NOT_RUN, "Not run", False)) if by[v]]
-    models = ", ".join(sorted(set(verdicts["first"]) | set(verdicts["second"])))
-    not_shown.append(f"Every verdict is about these models ({models}) on our stand-in environments, not "
-                     "about the paper's 8B models on AgentBoard.")
+    ran = verdicts[verdicts.verdict != NOT_RUN]  # the models of a claim not run were not played
+    models = ", ".join(sorted(set(ran["first"]) | set(ran["second"])))
+    if models:
+        not_shown.append(f"Every verdict is about these models ({models}) on our stand-in environments, "
+                         "not about the paper's 8B models on AgentBoard.")
     scale = [f"({r.claim}): about {r.pairs_to_detect} pairs (this run: {r.n_pairs}) would detect a "
              f"difference of {max(abs(r.difference), r.margin):.1f} points with {POWER:.0%} power; about "
              f"{r.pairs_for_equivalence} would show one inside ±{r.margin:.0f} points."

@@ -443,3 +443,12 @@ def test_one_figure_per_claim_titled_with_its_hypothesis_and_verdict():
     with pytest.raises(ValueError, match="no verdict for claim 'z'"):
         claims.plot_claim(v, "z")
     plt.close("all")
+
+
+def test_a_huge_effect_on_one_pair_asks_for_at_least_the_pairs_a_verdict_needs():
+    row = _evaluate(_paired([1.0], [0.0]))
+    assert row.verdict == INCONCLUSIVE
+    assert row.reason == f"1 pair, fewer than the {claims.MIN_PAIRS} a verdict needs"
+    assert row.pairs_to_detect == claims.MIN_PAIRS  # the closed form alone would say 1 or 2
+    text = claims.explain(claims.evaluate_claims(_paired([1.0], [0.0]), [PROGRESS, claims.CLAIMS[0]]))
+    assert "these models (expert_only, refine)" in text  # (a)'s base model was not played: not named
