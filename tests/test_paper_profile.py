@@ -68,6 +68,18 @@ def test_the_rehearsal_changes_sizes_and_model_names_only():
         runbook.rehearsal_parameters(NOTEBOOKS[3], "paper", {"method": "lora"}, CONFIGS)
 
 
+def test_the_command_line_rehearses_a_profile_with_models_from_p(monkeypatch, tmp_path):
+    ran = {}
+    monkeypatch.setattr(runbook, "execute", lambda src, out, params: ran.update(params) or {"seconds": 0})
+    monkeypatch.chdir(ROOT)
+    path = next(p for p in NOTEBOOKS if p.stem == "07_ablations")
+    runbook.main([str(path), str(tmp_path / "out.ipynb"), "--profile", "paper", "--rehearse",
+                  "-p", "base_model", "SmolLM2-135M-Instruct"])
+    expected = runbook.rehearsal_parameters(path, "paper", {"base_model": "SmolLM2-135M-Instruct"}, CONFIGS)
+    assert ran == expected and ran["steps"] == 2 and ran["base_model"] == "SmolLM2-135M-Instruct"
+    assert ran["learning_rate"] == paper("07_ablations")["learning_rate"]
+
+
 def test_the_paper_profile_has_one_base_model_in_every_chapter_and_its_training_yaml():
     bases = {stem: paper(stem)["base_model"] for stem in
              ("01_overfitting_analysis", "03_refinement_tuning", "04_generalization", "05_robustness",
