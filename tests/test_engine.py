@@ -83,12 +83,13 @@ def test_engine_refuses_an_architecture_it_does_not_implement(tiny):
         model.config.model_type = "llama"
 
 
-@pytest.mark.parametrize("batch_size", [None, 2])
+@pytest.mark.parametrize("batch_size,draft_tokens", [(None, 0), (2, 0), (None, 6)])
 def test_engine_policy_writes_what_transformers_policy_writes_and_encodes_each_system_message_once(
-        tiny, batch_size):
+        tiny, batch_size, draft_tokens):
     model, tok = tiny
     reference = TransformersPolicy(model, tok, max_new_tokens=20, stop=(), batch_size=batch_size)
-    engine = EnginePolicy(model, tok, max_new_tokens=20, stop=(), batch_size=batch_size)
+    engine = EnginePolicy(model, tok, max_new_tokens=20, stop=(), batch_size=batch_size,
+                          draft_tokens=draft_tokens)
     assert _play(engine) == _play(reference)
     assert len(engine._shared) == 2  # two families: two system messages, each encoded once
     head = len(tok(tok.apply_chat_template([{"role": "system", "content": SYSTEMS[0]}], tokenize=False),
@@ -96,6 +97,7 @@ def test_engine_policy_writes_what_transformers_policy_writes_and_encodes_each_s
     assert engine.stats["shared_tokens"] >= 5 * head - 5  # every first prompt started from its family's
     assert engine.stats["reused_tokens"] > reference.stats["reused_tokens"] + 4 * head
     assert engine.config()["engine"] == "torch" and engine.config()["class"] == "EnginePolicy"
+    assert (engine.stats["accepted"] > 20) == (draft_tokens > 0)  # drafts were kept, and outputs unchanged
 
 
 def test_identical_prompts_each_get_their_own_copy(tiny):
