@@ -565,7 +565,7 @@ def plot_verdicts(verdicts: pd.DataFrame, ax=None):
     metrics starred. Returns the Axes."""
     import matplotlib.pyplot as plt
 
-    ax = ax or plt.subplots(figsize=(7, 0.6 + 0.5 * len(verdicts)))[1]
+    ax = ax or plt.subplots(figsize=(9, 1.0 + 0.5 * len(verdicts)))[1]
     v = verdicts.reset_index(drop=True)
     y, sign = np.arange(len(v))[::-1], v["direction"].to_numpy()
     for yi, r, s in zip(y, v.itertuples(), sign, strict=True):
@@ -575,15 +575,17 @@ def plot_verdicts(verdicts: pd.DataFrame, ax=None):
             ax.errorbar(x, yi, xerr=[[max(x - lo, 0)], [max(hi - x, 0)]], fmt="o", color=COLORS[r.verdict],
                         capsize=3, label=r.verdict)
     paper = v["paper_difference"].notna().to_numpy()
-    ax.scatter(sign[paper] * v["paper_difference"].to_numpy()[paper], y[paper], marker="D", facecolor="none",
-               edgecolor="black", zorder=3, label="the paper's difference")
+    if paper.any():  # no legend entry for a marker that is not drawn
+        ax.scatter(sign[paper] * v["paper_difference"].to_numpy()[paper], y[paper], marker="D",
+                   facecolor="none", edgecolor="black", zorder=3, label="the paper's difference")
     ax.axvline(0, color="black", lw=0.8)
     what = {"mean": "", "did": ", drop (DiD)", "rule_std": ", std over settings"}
     ax.set_yticks(y, [f"({r.claim}) {r.metric}{what[r.statistic]}{'' if r.primary else ' *'}"
                       + (" (not run)" if r.verdict == NOT_RUN else "") for r in v.itertuples()])
     ax.set_xlabel("paired difference in the claimed direction (points; grey: ±margin)")
     handles = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
-    ax.legend(handles.values(), handles.keys(), loc="best", fontsize="small")
+    # outside the axes, on the right: inside, it can hide a paper marker or an interval
+    ax.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return ax
 
 
@@ -595,7 +597,10 @@ def plot_claim(verdicts: pd.DataFrame, claim: str):
         raise ValueError(f"no verdict for claim {claim!r}; claims: {sorted(set(verdicts.claim))}")
     ax = plot_verdicts(rows)
     head = rows[rows.primary.astype(bool)].iloc[0]
-    ax.set_title("\n".join(textwrap.wrap(f"{head.hypothesis}: {head.verdict}", 90)), fontsize="medium")
+    title = f"{head.hypothesis}: {head.verdict}"
+    if head.verdict != NOT_RUN and f" on {head.suites}, " not in head.hypothesis:
+        title += f" (pairs from {head.suites})"  # played on some of the claim's suites only
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize="medium")
     ax.figure.tight_layout()
     return ax.figure
 

@@ -452,3 +452,15 @@ def test_a_huge_effect_on_one_pair_asks_for_at_least_the_pairs_a_verdict_needs()
     assert row.pairs_to_detect == claims.MIN_PAIRS  # the closed form alone would say 1 or 2
     text = claims.explain(claims.evaluate_claims(_paired([1.0], [0.0]), [PROGRESS, claims.CLAIMS[0]]))
     assert "these models (expert_only, refine)" in text  # (a)'s base model was not played: not named
+
+
+def test_a_claim_played_on_some_of_its_suites_says_so_in_its_figure(played):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = claims.evaluate_claims(claims.claim_table(played), claims.with_models({"c": ("oracle", "random")}),
+                               n_boot=100)
+    assert claims.plot_claim(v, "c").axes[0].get_title().endswith("(pairs from pddl)")
+    plt.close("all")
