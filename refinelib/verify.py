@@ -50,6 +50,7 @@ prefix is *i*. Failures after the loop that a continuation can fix (``error_not_
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -108,6 +109,7 @@ class RegexTimeout(TimeoutError):
     """A verification code did not finish matching within :data:`REGEX_TIMEOUT` seconds."""
 
 
+@functools.lru_cache(maxsize=4096)  # regex.compile's own cache lookup costs ~10x re's; scripts repeat codes
 def compile_code(pattern: str) -> regex.Pattern:
     """Compile a verification code (``re`` syntax) with the ``regex`` package, whose matches take a timeout.
 
