@@ -5,6 +5,7 @@ import json
 import pytest
 
 from refinelib import evaluate
+from refinelib.agent import instruction
 from refinelib.engine import Engine, EnginePolicy
 from refinelib.policies import TransformersPolicy, action_complete, local_policy
 from tests.tiny_model import tiny_model, tiny_tokenizer
@@ -119,7 +120,7 @@ def test_a_history_window_that_drops_turns_gives_the_same_outputs(tiny):
     played = evaluate.run(engine, **kwargs)
     assert [[t.raw for t in e.turns] for e in played] == [[t.raw for t in e.turns] for e in reference]
     assert any(e.meta["window_dropped_pairs"] for e in played)
-    assert len(engine._shared) == len({(e.family, e.task) for e in played})  # one per instruction
+    assert len(engine._shared) == len({instruction(e.family, e.task, 4) for e in played})  # one each
 
 
 def test_stop_at_action_ends_each_row_at_its_action_line_on_both_paths(acting):
