@@ -58,6 +58,8 @@ ENVIRONMENTS = [
     ("make option", lambda t: make("textadventure", "cooking", difficulty="easy", level=2),
      ValueError, r"unknown textadventure options \['level'\]"),
     ("task", lambda t: make_instance(Instance("pddl", "sokoban", 0)), ValueError, r"unknown pddl task"),
+    ("sciworld task", lambda t: make_instance(Instance("sciworld", "find-living-things", 0)), ValueError,
+     r"unknown sciworld task \['find-living-things'\]"),
     ("family", lambda t: make_instance(Instance("jericho", "zork1", 0)), ValueError,
      r"unknown environment family 'jericho'"),
     ("not an instance", lambda t: make_instance(("pddl", "gripper", 0)), ValueError,

@@ -40,6 +40,7 @@ of (task, seed, simplification, actions).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -123,6 +124,14 @@ def simplification_string(task: str, simplification: str) -> str:
     if "power-component" in task or "conductivity" in task:  # the engine refuses these otherwise
         text = ",".join(s for s in text.split(",") if s != "noElectricalAction")
     return text
+
+
+@functools.cache
+def known_tasks() -> tuple[str, ...]:
+    """Every ScienceWorld task name (:data:`TASKS` are the short ones we evaluate on), read from the
+    package's task list without starting the JVM."""
+    constants = require("scienceworld.constants", FAMILY, _INSTALL)
+    return tuple(t["task_name"] for t in constants.TASKS)
 
 
 class _Simulator:
@@ -227,6 +236,7 @@ class SciWorldEnv(TextEnv):
     OPTIONS = ("simplification",)
 
     def __init__(self, task: str, simplification: str = "easy") -> None:
+        check_known(FAMILY, "task", [task], known_tasks())  # the JVM would refuse it only at reset
         super().__init__(task, simplification=simplification)
         self.simplification = simplification_string(task, simplification)
         self.variation: int | None = None
