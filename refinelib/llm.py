@@ -240,6 +240,8 @@ class LLMClient:
     def __init__(self, config: LLMConfig, cache_dir: Path | str | None = None) -> None:
         from openai import OpenAI
 
+        if not isinstance(config, LLMConfig):
+            raise ValueError(f"LLMClient: config must be an LLMConfig, got {type(config).__name__}")
         self.config = config
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("llm")
         key = os.environ.get(config.api_key_env, "")

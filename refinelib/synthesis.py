@@ -316,8 +316,11 @@ def load_run(out_dir: str | Path) -> SynthesisRun:
     out = Path(out_dir)
     if not (out / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{out / CONFIG_FILE}: not a synthesis run folder (run synthesize first)")
-    saved = json.loads((out / CONFIG_FILE).read_text())
-    saved = {k: v for k, v in saved.items() if k in SynthesisConfig.__dataclass_fields__}
+    try:
+        saved = json.loads((out / CONFIG_FILE).read_text(encoding="utf-8"))
+        saved = {k: v for k, v in saved.items() if k in SynthesisConfig.__dataclass_fields__}
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{out / CONFIG_FILE}: not a synthesis run's config ({error})") from None
     done, skipped = read_samples(out / SAMPLES_FILE)
     samples = [done[i] for i in sorted(done)]
     config = SynthesisConfig(**saved, n=max(1, sum(s.accepted for s in samples)))

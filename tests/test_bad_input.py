@@ -16,7 +16,7 @@ from refinelib.envs import Instance, make_instance, suite
 from refinelib.envs.registry import make
 from refinelib.llm import LLMClient, LLMConfig
 from refinelib.masking import RecordError
-from refinelib.synthesis import SynthesisConfig, synthesize
+from refinelib.synthesis import SynthesisConfig, load_run, synthesize
 
 RECORD = {"id": "r1", "conversations": [{"from": "human", "loss": False, "value": "hi"},
                                         {"from": "gpt", "loss": True, "value": "Thought: x\nAction: y"}]}
@@ -105,6 +105,10 @@ SYNTHESIZE = [
 ]
 
 LOADERS = [
+    ("LLMClient config", lambda t: LLMClient({"model": "m"}), ValueError, r"config must be an LLMConfig"),
+    ("run folder", lambda t: load_run(t), FileNotFoundError, r"config.json: not a synthesis run folder"),
+    ("run config", lambda t: load_run(write(t, "config.json", "[1]").parent), ValueError,
+     r"config.json: not a synthesis run's config"),
     ("persona hub empty", lambda t: personas.load_persona_hub(write(t, "p.jsonl", "")), ValueError,
      r"p.jsonl: no personas"),
     ("persona hub bad JSON", lambda t: personas.load_persona_hub(
