@@ -238,6 +238,7 @@ class EnginePolicy(TransformersPolicy):
         self.draft_tokens, self.draft_ngram = draft_tokens, draft_ngram
         self._shared: OrderedDict[tuple, Sequence] = OrderedDict()  # system-message tokens -> their sequence
         self._live: list[Sequence] = []  # the last call's sequences, one per episode
+        self._heads: dict[str, list[int]] = {}  # system message -> its tokens rendered alone
         # prompt tokens served from a shared system message; drafted tokens checked / kept
         self.stats.update(shared_tokens=0, drafted=0, accepted=0)
 
@@ -270,7 +271,13 @@ class EnginePolicy(TransformersPolicy):
         """The tokens of the chat's system message rendered alone, if they are a prefix of ``ids``."""
         if not self.share_instructions or not messages or messages[0].get("role") != "system":
             return None
-        head = self._ids(self.tokenizer.apply_chat_template(list(messages[:1]), tokenize=False))
+        system = messages[0]["content"]
+        if system not in self._heads:  # rendered and tokenized once per distinct instruction
+            if len(self._heads) > 4 * self.max_shared:
+                self._heads.clear()
+            self._heads[system] = self._ids(self.tokenizer.apply_chat_template(list(messages[:1]),
+                                                                               tokenize=False))
+        head = self._heads[system]
         return tuple(head) if 0 < len(head) < len(ids) and ids[:len(head)] == head else None
 
     def _sequences(self, prompts, heads, claimed: set[int]) -> list[Sequence]:
@@ -351,7 +358,8 @@ class EnginePolicy(TransformersPolicy):
             # only the rows still writing are computed; their sequences grow in place. A row's last token
             # is fed with a draft of what may follow it (copied from its context, greedy only); one pass
             # checks the whole draft and keeps the longest part the model agrees with
-            drafts = {r: self._draft(seqs[r].ids, rows[r]) if generators is None else [] for r in active}
+            drafts = {r: self._draft(seqs[r].ids, rows[r]) if self.draft_tokens and generators is None else []
+                      for r in active}
             fed = [[rows[r][-1], *drafts[r]] for r in active]
             logits = self.engine.forward([seqs[r] for r in active], fed, every=True)
             offset, chosen = 0, {}
@@ -368,18 +376,16 @@ class EnginePolicy(TransformersPolicy):
 
     def _draft(self, fed: list[int], output: list[int]) -> list[int]:
         """Prompt-lookup draft: the tokens that followed the last earlier occurrence of the context's final
-        ``draft_ngram`` tokens (what the model writes is often copied from its prompt), or none."""
-        if not self.draft_tokens:
+        ``draft_ngram`` tokens (what the model writes is often copied from its prompt), or none. The
+        context is ``fed`` (what the row's cache holds) and the output's last token (fed next)."""
+        n, last = self.draft_ngram, output[-1]
+        room = min(self.draft_tokens, self.max_new_tokens - len(output))
+        if room <= 0 or len(fed) < n:
             return []
-        context = fed + output[-1:]
-        n = self.draft_ngram
-        if len(context) <= n:
-            return []
-        tail = context[-n:]
-        for start in range(len(context) - n - 1, -1, -1):
-            if context[start:start + n] == tail:
-                room = self.max_new_tokens - len(output)
-                return context[start + n:start + n + min(self.draft_tokens, room)]
+        tail = fed[len(fed) - n + 1:] + [last]
+        for end in range(len(fed) - 1, n - 2, -1):  # an occurrence of tail ending at fed[end]
+            if fed[end] == last and fed[end - n + 1:end + 1] == tail:
+                return (fed[end + 1:end + 1 + room] + [last])[:room]
         return []
 
 

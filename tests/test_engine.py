@@ -185,3 +185,15 @@ def test_local_policy_picks_the_engine_where_it_runs_the_architecture(tiny):
             local_policy(model, tok, "engine")
     finally:
         model.config.model_type = "llama"
+
+
+def test_a_draft_is_what_followed_the_last_earlier_occurrence_of_the_final_tokens(tiny):
+    model, tok = tiny
+    policy = EnginePolicy(model, tok, max_new_tokens=10, draft_tokens=4, draft_ngram=3)
+    fed = [1, 2, 3, 4, 5, 6, 7, 2, 3]
+    assert policy._draft(fed, [9, 4]) == [5, 6, 7, 2]  # context ... 2 3 | 4: "2 3 4" occurred at 1-3
+    assert policy._draft(fed + [4, 5], [9, 6]) == [7, 2, 3, 4]  # the last occurrence wins
+    assert policy._draft(fed, [9, 8]) == []  # "2 3 8" never occurred
+    assert policy._draft(fed, [9] * 8 + [4]) == [5]  # no more than max_new_tokens allows
+    with pytest.raises(ValueError, match="draft_tokens must be >= 0"):
+        EnginePolicy(model, tok, draft_tokens=-1)
