@@ -70,7 +70,8 @@ class Engine:
         self.group = self.heads // self.kv_heads
         self.layers = len(self.base.layers)
         self.max_positions = getattr(config, "max_position_embeddings", None)
-        self.dtype = next(model.parameters()).dtype
+        weight = next(model.parameters())
+        self.dtype, self.device = weight.dtype, weight.device  # caches live beside the weights
 
     # ----- sequences ---------------------------------------------------------------------------------
     def new_sequence(self, capacity: int = _GROW) -> Sequence:
@@ -78,7 +79,7 @@ class Engine:
         import torch
 
         shape = (self.layers, 2, self.kv_heads, _round_up(capacity), self.head_dim)
-        return Sequence(torch.empty(shape, dtype=self.dtype))
+        return Sequence(torch.empty(shape, dtype=self.dtype, device=self.device))
 
     def fork(self, source: Sequence, length: int, capacity: int = 0) -> Sequence:
         """A new sequence holding a copy of the first ``length`` positions of ``source``."""
@@ -89,14 +90,12 @@ class Engine:
 
     def _reserve(self, seq: Sequence, length: int) -> None:
         """Make room for ``length`` positions (a copy into a larger buffer, rarely)."""
-        import torch
-
         if length <= seq.kv.shape[3]:
             return
         if self.max_positions and length > self.max_positions:
             raise ValueError(f"a sequence of {length} tokens exceeds the model's "
                              f"{self.max_positions} positions")
-        kv = torch.empty((*seq.kv.shape[:3], _round_up(length), seq.kv.shape[4]), dtype=seq.kv.dtype)
+        kv = seq.kv.new_empty((*seq.kv.shape[:3], _round_up(length), seq.kv.shape[4]))
         kv[:, :, :, :len(seq)] = seq.kv[:, :, :, :len(seq)]
         seq.kv = kv
 
@@ -115,9 +114,10 @@ class Engine:
         starts = [len(s) for s in seqs]
         for seq, start, n in zip(seqs, starts, lengths, strict=True):
             self._reserve(seq, start + n)
-        ids = torch.tensor([t for row in new_ids for t in row], dtype=torch.long)
+        ids = torch.tensor([t for row in new_ids for t in row], dtype=torch.long, device=self.device)
         positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
-        masks = [_prefill_mask(s, n, self.group) for s, n in zip(starts, lengths, strict=True)]
+        positions = positions.to(self.device)
+        masks = [_prefill_mask(s, n, self.group, self.device) for s, n in zip(starts, lengths, strict=True)]
         with torch.inference_mode():
             hidden = self.base.embed_tokens(ids)[None]  # [1, tokens, hidden]: one packed row
             cos, sin = self.base.rotary_emb(hidden, positions[None])
@@ -125,7 +125,7 @@ class Engine:
             for index, layer in enumerate(self.base.layers):
                 hidden = self._layer(index, layer, hidden, cos, sin, seqs, starts, lengths, masks)
             if not every:
-                hidden = hidden[:, torch.tensor(lengths).cumsum(0) - 1]
+                hidden = hidden[:, torch.tensor(lengths, device=self.device).cumsum(0) - 1]
             logits = self.model.lm_head(self.base.norm(hidden))[0]
         for seq, row in zip(seqs, new_ids, strict=True):
             seq.ids += list(row)
@@ -189,14 +189,15 @@ def _rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _prefill_mask(start: int, n: int, group: int):
+def _prefill_mask(start: int, n: int, group: int, device=None):
     """Causal mask of ``n`` new tokens after ``start`` cached ones, repeated for the query-head group
     (None for one new token, which sees everything before it)."""
     import torch
 
     if n == 1:
         return None
-    allowed = torch.arange(start + n)[None, :] <= torch.arange(start, start + n)[:, None]
+    keys, queries = torch.arange(start + n, device=device), torch.arange(start, start + n, device=device)
+    allowed = keys[None, :] <= queries[:, None]
     return allowed.repeat(group, 1)
 
 
