@@ -38,8 +38,9 @@ FAKE_KEY = "sk-test-rehearsal-1f2e"
 
 
 def paper(stem: str) -> dict:
-    return yaml.safe_load((CONFIGS / "paper" / f"{stem}.yaml").read_text()) if (
-        CONFIGS / "paper" / f"{stem}.yaml").is_file() else {}
+    """The paper profile's parameters for notebook ``stem`` (empty when it sets none)."""
+    path = CONFIGS / "paper" / f"{stem}.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
 def is_size(value) -> bool:
