@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -163,6 +162,15 @@ class TrainConfig:
 
 
 _HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types (they are strings in this module)
+
+
+def check_field(name: str, value):
+    """``value`` as :class:`TrainConfig` field ``name`` would store it; one ``ValueError`` naming the field
+    when its type, range or choices do not allow it (what ``__post_init__`` runs for every field)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if name not in fields:
+        raise ValueError(f"TrainConfig has no field {name!r}")
+    return _checked(fields[name], value)
 
 
 def _checked(f: dataclasses.Field, value):
@@ -484,14 +492,11 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     _check_paths(config)  # a missing file or model fails here, before any tokenizer, data or model work
     before, wanted = torch.get_num_threads(), threads(config.num_threads)
     out = Path(config.output_dir)
-    with contextlib.ExitStack() as stack:
-        if PartialState().is_main_process:  # under accelerate launch, one process writes the files
-            # a second training into this folder fails at once, naming this one's pid
-            stack.enter_context(runs.RunLock(out))
+    with contextlib.ExitStack() as stack:  # releases the folder's lock and restores threads at the end
         if wanted is not None:
             torch.set_num_threads(wanted)
             stack.callback(torch.set_num_threads, before)  # the caller's setting comes back afterwards
-        return _train(config, callbacks, out)
+        return _train(config, callbacks, out, stack)
 
 
 def _check_paths(config: TrainConfig) -> None:
@@ -509,7 +514,7 @@ def _check_paths(config: TrainConfig) -> None:
         raise FileNotFoundError(f"TrainConfig.base_model: {error}") from None
 
 
-def _train(config: TrainConfig, callbacks: Sequence, out: Path) -> TrainResult:
+def _train(config: TrainConfig, callbacks: Sequence, out: Path, stack: contextlib.ExitStack) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = models.load_tokenizer(config.base_model)
     train_records = config.train_records if config.train_file is None else load_records(config.train_file)
@@ -533,6 +538,9 @@ def _train(config: TrainConfig, callbacks: Sequence, out: Path) -> TrainResult:
     args = _training_arguments(config, has_eval=has_eval, eval_on_start=has_eval and resume is None)
     main_process = args.process_index == 0  # under accelerate launch, one process writes the files
     if main_process:
+        # before this run writes anything there: a second training into the folder fails at once, naming
+        # this one's pid (the arguments come first, they set up the processes that tell who is main)
+        stack.enter_context(runs.RunLock(out))
         _check_same_run(out, config, digest, resume)
 
     set_seed(config.seed)  # before the model: LoRA factors are initialised from the global RNG

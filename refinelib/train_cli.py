@@ -2,7 +2,10 @@
 
 ``python -m refinelib.train_cli [--config run.yaml] [--<field> <value> ...]``: the YAML file and the
 flags both name :class:`~refinelib.train.TrainConfig` fields (flags win); values are read as YAML, so
-``--learning_rate 2e-5``, ``--bf16 true`` and ``--lora_target_modules '[q_proj, v_proj]'`` work. On GPUs::
+``--learning_rate 2e-5``, ``--bf16 true`` and ``--lora_target_modules '[q_proj, v_proj]'`` work, and a
+number YAML leaves as a string (``learning_rate: 2e-5``) is converted. ``--help`` lists every field with
+its help text. A bad value stops with one message naming the file or flag and the field, before any
+model loads. On GPUs::
 
     accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml -m refinelib.train_cli \\
         --base_model meta-llama/Meta-Llama-3-8B-Instruct --method full --train_file data/train.jsonl ...
@@ -21,10 +24,12 @@ from pathlib import Path
 
 import yaml
 
-from refinelib.train import TrainConfig, train
+from refinelib import runs
+from refinelib.train import TrainConfig, check_field, train
 
 IN_MEMORY = {"train_records", "validation_records"}  # not settable from a file or a command line
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in IN_MEMORY]
+PATHS = ("train_file", "validation_file", "output_dir", "base_model")  # `--output_dir 1` stays a path
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,9 +37,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m refinelib.train_cli", allow_abbrev=False,
                                 description="Refinement tuning (loss-masked SFT) from YAML and flags.")
     p.add_argument("--config", type=Path, help="YAML mapping of TrainConfig fields")
-    for name in FIELDS:
-        p.add_argument(f"--{name}", dest=name, metavar="VALUE", default=argparse.SUPPRESS,
-                       help=f"TrainConfig.{name} (default {getattr(TrainConfig, name, None)!r})")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in IN_MEMORY:
+            continue
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        p.add_argument(f"--{f.name}", dest=f.name, metavar="VALUE", default=argparse.SUPPRESS,
+                       help=f"{text} (default: {f.default!r})")
     return p
 
 
@@ -46,7 +54,7 @@ def load_config(argv: Sequence[str] | None = None) -> TrainConfig:
     """
     args = vars(parser().parse_args(argv))
     source = args.pop("config")
-    values = {}
+    values, origin = {}, {}
     if source is not None:
         try:
             values = yaml.safe_load(source.read_text()) or {}
@@ -55,17 +63,24 @@ def load_config(argv: Sequence[str] | None = None) -> TrainConfig:
         if not isinstance(values, dict):
             kind = type(values).__name__
             raise SystemExit(f"{source}: expected a mapping of TrainConfig fields, got {kind}")
-        unknown = sorted(set(values) - set(FIELDS))
+        unknown = sorted(set(map(str, values)) - set(FIELDS))
         if unknown:
             raise SystemExit(f"{source}: unknown key(s) {unknown}; TrainConfig fields are {FIELDS}")
+        origin = {name: f"{source}: {name}" for name in values}
     for name, text in args.items():
         try:
             values[name] = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise SystemExit(f"--{name}: cannot read {text!r}: {error}") from None
-    for name in ("train_file", "validation_file", "output_dir", "base_model"):  # `--x 1` stays a path
+        origin[name] = f"--{name}"
+    for name in PATHS:
         if values.get(name) is not None:
             values[name] = str(values[name])
+    for name, value in values.items():  # each value alone first: the error names where it came from
+        try:
+            values[name] = check_field(name, value)
+        except ValueError as error:
+            raise SystemExit(f"{origin[name]}: {error}") from None
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as error:
@@ -75,7 +90,10 @@ def load_config(argv: Sequence[str] | None = None) -> TrainConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
-    result = train(config)
+    try:
+        result = train(config)
+    except (FileNotFoundError, NotADirectoryError, runs.RunLockedError, runs.StaleRunError) as error:
+        raise SystemExit(f"error: {error}") from None  # bad input or a busy folder: one line, no traceback
     if result.manifest_path is not None:  # only the main process writes (and reports) a finished run
         summary = {"output_dir": str(result.output_dir), "model_dir": str(result.model_dir),
                    "global_step": result.global_step, "train_loss": result.train_loss,

@@ -4,6 +4,7 @@ import copy
 import csv
 import doctest
 import json
+import os
 
 import pytest
 import torch
@@ -320,3 +321,71 @@ def test_lora_top_layers_works_with_all_linear_targets(top, expected_layers):
     assert {int(n.split(".layers.")[1].split(".")[0]) for n in names} == expected_layers
     kinds = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n in names}
     assert {"q_proj", "down_proj"} <= kinds  # "all-linear" still means every projection
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_supervised_loss_equals_the_models_loss_without_full_vocabulary_logits(tiny_dir, padding_free):
+    """The LM head runs only where a label is supervised: same loss and LoRA gradients (to 1e-5), and the
+    logits it makes cover exactly the supervised positions."""
+    from refinelib.train import _apply_lora, supervised_loss
+
+    tokenizer = refinelib.models.load_tokenizer(tiny_dir)
+    model, _ = refinelib.models.load(tiny_dir)
+    model = _apply_lora(model, config(tiny_dir, "unused"))
+    examples, _ = render_many([episode(i) for i in range(5)], tokenizer)
+    collate = padding_free_collator() if padding_free else PaddedCollator(tokenizer.pad_token_id)
+    batch = collate([e.features() for e in examples])
+    labels = batch.pop("labels")
+    n_supervised = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    grads = []
+    for compute in ("model", "supervised"):
+        if compute == "model":
+            loss = model(**batch, labels=labels, use_cache=False).loss
+        else:
+            loss, outputs = supervised_loss(model, batch, labels)
+            assert outputs.logits.shape == (n_supervised, len(tokenizer))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        model.zero_grad()
+        grads[-1]["loss"] = loss.detach()
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-5)
+    # normalised by a whole accumulated batch's count, as the Trainer asks under gradient accumulation
+    halved, _ = supervised_loss(model, batch, labels, num_items_in_batch=2 * n_supervised)
+    torch.testing.assert_close(halved, grads[0]["loss"] / 2, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size, grad_accumulation", [(4, 1), (2, 2)])
+def test_new_path_trains_exactly_like_full_logits_on_whole_batches(tiny_dir, tmp_path, batch_size,
+                                                                    grad_accumulation):
+    """Default train() (supervised logits only, micro-batches of one on a CPU) against the path before it
+    (full logits, the whole padded batch in one pass): the same losses step by step, the same weights."""
+    from refinelib.train import micro_batch_size
+
+    common = dict(batch_size=batch_size, grad_accumulation=grad_accumulation, epochs=1, lora_dropout=0.0)
+    new = config(tiny_dir, tmp_path / "new", **common)
+    old = config(tiny_dir, tmp_path / "old", supervised_logits_only=False, micro_batch_size=batch_size,
+                 **common)
+    assert micro_batch_size(new) == (batch_size if torch.cuda.is_available() else 1)
+    runs = [train(c) for c in (new, old)]
+    for split in ("train", "validation"):
+        losses = [torch.tensor(history(r, split)) for r in runs]
+        torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=1e-5)
+    assert runs[0].global_step == runs[1].global_step == 6  # 21 examples (3 held out), the last step partial
+    trained = [{n: p for n, p in r.model.named_parameters() if p.requires_grad} for r in runs]
+    torch.testing.assert_close(trained[0], trained[1], rtol=0, atol=1e-5)
+
+
+def test_num_threads_is_applied_during_training_and_restored_after(tiny_dir, tmp_path):
+    from refinelib.train import threads
+
+    seen = []
+
+    class Threads(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    train(config(tiny_dir, tmp_path, max_steps=1, num_threads=1), callbacks=[Threads()])
+    assert seen == [1] and torch.get_num_threads() == before
+    assert 1 <= threads("auto") <= len(os.sched_getaffinity(0))
+    assert threads(None) is None and threads(3) == 3

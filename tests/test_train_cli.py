@@ -22,7 +22,7 @@ def test_yaml_then_flags_with_yaml_typed_values(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("train_file: a.jsonl\nlearning_rat: 1\n", r"run.yaml: unknown key\(s\) \['learning_rat'\]"),
     ("- a\n- b\n", "run.yaml: expected a mapping"),
-    ("train_file: a.jsonl\nmethod: qlora\n", "run.yaml: method must be 'lora' or 'full'"),
+    ("train_file: a.jsonl\nmethod: qlora\n", r"run.yaml: method: TrainConfig.method must be one of \['lora'"),
     ("train_file: [unclosed\n", "run.yaml: cannot read the config"),
 ])
 def test_a_bad_config_file_is_named_with_the_bad_key(tmp_path, text, message):
