@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import time
 import typing
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -129,8 +130,9 @@ class TrainConfig:
     gradient_checkpointing: bool | str = _field("auto", "'auto': on with CUDA (memory-bound), off on CPU "
                                                 "(slower)", choices=(True, False, "auto"))
     num_threads: int | str | None = _field("auto", "torch threads during training (restored after); 'auto': "
-                                           "the cores other processes leave idle (oversubscribed OpenMP "
-                                           "threads lost 3-6x); None: torch's default", choices=("auto",),
+                                           "the cores other processes leave idle, measured when training "
+                                           "starts (oversubscribed OpenMP threads lost 3-6x); None: torch's "
+                                           "default", choices=("auto",),
                                            min=1)
     # Outputs
     output_dir: str = _field("artifacts/train/dev", "checkpoints, adapter/model, loss table and manifest")
@@ -656,16 +658,43 @@ def micro_batch_size(config: TrainConfig) -> int:
 
 
 def threads(setting: int | str | None) -> int | None:
-    """torch threads for a ``num_threads`` setting: "auto" takes the cores no other process is using.
+    """torch threads for a ``num_threads`` setting: "auto" takes the cores other processes leave idle.
 
     Two spinning OpenMP threads on two cores that other jobs also use lost 3-6x in ``train_speed.py``
-    (and 10-20x in generation, docs/models.md), so "auto" subtracts the one-minute load average (this
-    process is idle when it is read) from the usable cores, keeping at least one.
+    (and 10-20x in generation, docs/models.md). "auto" counts how busy the usable cores are over half a
+    second while this process sleeps (so its own earlier work, e.g. a previous training, does not count;
+    the load average would count it) and keeps at least one thread.
     """
     if setting != "auto":
         return setting
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cpus = sorted(usable)
+    try:
+        busy = _busy_cpus(cpus)
+    except (OSError, ValueError):  # no /proc/stat (not Linux): the load average, ours included
+        busy = os.getloadavg()[0]
+    return max(1, min(len(cpus), round(len(cpus) - busy)))
+
+
+def _busy_cpus(cpus: Sequence[int], seconds: float = 0.5) -> float:
+    """How many of ``cpus`` were busy over ``seconds`` (from /proc/stat; this process sleeps meanwhile)."""
+    def sample() -> dict[str, tuple[int, int]]:
+        ticks = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
+                counts = [int(v) for v in values[:8]]
+                ticks[name] = (sum(counts), counts[3] + counts[4])  # all ticks, idle + iowait ticks
+        return ticks
+
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    busy = 0.0
+    for name, (total, idle) in after.items():
+        spent = total - before[name][0]
+        busy += (spent - (idle - before[name][1])) / spent if spent else 0.0
+    return busy
 
 
 def _training_arguments(config: TrainConfig, has_eval: bool, eval_on_start: bool):
