@@ -24,6 +24,7 @@ from test_accelerate_configs import launcher_env
 from tiny_model import tiny_model, tiny_tokenizer
 
 from refinelib import runbook, themes
+from refinelib.paths import cache_dir
 from refinelib.teacher import grounded_trajectory
 from refinelib.train import _training_arguments
 from refinelib.train_cli import load_config
@@ -165,6 +166,13 @@ def rehearsal(tmp_path_factory):
     tokenizer.save_pretrained(work / "tiny-llama")
     patch = pytest.MonkeyPatch()
     patch.setenv("REFINELIB_ARTIFACTS", str(work / "artifacts"))
+    # generated games from the usual cache, but the teacher's answers (keyed by this run's port) kept here
+    cache = work / "cache"
+    cache.mkdir()
+    for folder in cache_dir().iterdir():
+        if folder.is_dir() and folder.name != "llm":
+            (cache / folder.name).symlink_to(folder)
+    patch.setenv("REFINELIB_CACHE", str(cache))
     patch.setenv("OPENAI_API_KEY", FAKE_KEY)
     (work / "notebooks").symlink_to(ROOT / "notebooks")  # a checkout's layout: chapters 08 and 09 read
     patch.chdir(work)                                     # notebooks/ and book/executed/ where they run
@@ -194,7 +202,8 @@ def test_the_paper_profile_rehearses_on_a_cpu(rehearsal):
         assert record["parameters"].get("smoke", False) is False
     print(f"rehearsal of PROFILE=paper: {seconds:.0f} s")
 
-    # 02: the teacher over HTTP wrote every script and trajectory
+    # 02: the teacher over HTTP wrote every script and trajectory (its answers cached in the test's folder)
+    assert any((work / "cache" / "llm").rglob("*.json"))
     synthesis = manifest(work, "synthesis", "default")
     assert synthesis["teacher"] == "openai" and synthesis["base_url"] == server.base_url
     wanted = runbook.REHEARSAL_SIZES["02_refinement_synthesis"]["n_trajectories"]
