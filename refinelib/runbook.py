@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .manifest import NOTEBOOK_ENV, git_revision
+from .runs import write_json_atomic
 
 
 def profile_parameters(notebook: Path, profile: str, configs: Path = Path("configs")) -> dict:
@@ -125,7 +126,7 @@ def execute(src: Path, out: Path, parameters: dict) -> dict:
     os.replace(tmp, out)
     record = {"notebook": src.name, "parameters": parameters, "seconds": seconds,
               "git_revision": git_revision(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out.with_suffix(".run.json").write_text(json.dumps(record, indent=2))
+    write_json_atomic(out.with_suffix(".run.json"), record)
     return record
 
 
@@ -143,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         params = rehearsal_parameters(args.src, args.profile)
     else:
         params = profile_parameters(args.src, args.profile)
-    params.update({k: yaml.safe_load(v) for k, v in args.p})
+    overrides = {k: yaml.safe_load(v) for k, v in args.p}
+    # papermill only warns about a name the notebook does not have, and the run then silently uses the
+    # default: refuse before anything runs, naming where each unknown name came from.
+    known = notebook_parameters(args.src)
+    unknown = [f"{k} ({'-p' if k in overrides else f'profile {args.profile}'})"
+               for k in {**params, **overrides} if k not in known]
+    if unknown:
+        raise SystemExit(f"{args.src}: unknown parameters {', '.join(unknown)}; "
+                         f"its parameters are: {', '.join(sorted(known))}")
+    params.update(overrides)
     record = execute(args.src, args.out, params)
     print(f"{args.src} -> {args.out} in {record['seconds']} s", file=sys.stderr)
     return 0
