@@ -9,7 +9,8 @@ The same episodes are played with greedy decoding and the same settings by
 * ``engine``: :class:`refinelib.engine.EnginePolicy` (instructions encoded once per family, preallocated
   caches, finished rows leave the batch, prompt-lookup drafts), what the book's chapters use;
   ``engine-nodraft`` the same without drafts;
-* ``ct2-int8``: the CTranslate2 int8 backend, with ``--int8`` (if ``ctranslate2`` is installed).
+* ``engine-int8``: the engine on an int8 copy of the model (:func:`refinelib.engine.quantized`), with
+  ``--int8``; not exact, so its share of actions identical to ``agentboard``'s is what to read.
 
 It prints episodes/min, the ratio to ``agentboard``, whether every path wrote the same outputs as
 ``agentboard`` (the share of identical actions for a quantised path) and the machine load next to each
@@ -28,7 +29,7 @@ import time
 
 from refinelib import evaluate
 
-PATHS = ("agentboard", "batched", "engine", "engine-nodraft", "ct2-int8")
+PATHS = ("agentboard", "batched", "engine", "engine-nodraft", "engine-int8")
 
 
 def make_policy(path: str, model, tokenizer, settings: dict):
@@ -39,13 +40,11 @@ def make_policy(path: str, model, tokenizer, settings: dict):
         return TransformersPolicy(model, tokenizer, prefix_cache=False, **settings)
     if path == "batched":
         return TransformersPolicy(model, tokenizer, **settings)
-    if path.startswith("engine"):
-        from refinelib.engine import EnginePolicy
+    from refinelib.engine import EnginePolicy, quantized
 
-        return EnginePolicy(model, tokenizer, draft_tokens=0 if path == "engine-nodraft" else 4, **settings)
-    from refinelib.ct2 import CT2Policy
-
-    return CT2Policy.from_model(model, tokenizer, quantization="int8", **settings)
+    if path == "engine-int8":
+        return EnginePolicy(quantized(model), tokenizer, **settings)
+    return EnginePolicy(model, tokenizer, draft_tokens=0 if path == "engine-nodraft" else 4, **settings)
 
 
 def load() -> str:
@@ -63,7 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when anything else runs)")
     parser.add_argument("--paths", nargs="+", default=list(PATHS[:3]), choices=PATHS,
                         help="paths to play (agentboard is the reference; it is always played first)")
-    parser.add_argument("--int8", action="store_true", help="also play the CTranslate2 int8 path")
+    parser.add_argument("--int8", action="store_true", help="also play the engine on an int8 copy")
     parser.add_argument("--no-stop-at-action", action="store_true",
                         help="write on to the end-of-turn token (the chapters stop at the Action line)")
     args = parser.parse_args()
@@ -76,7 +75,7 @@ def main() -> None:
     model, tokenizer = models.load(args.model)
     settings = dict(name="bench", max_new_tokens=args.max_new_tokens,
                     max_prompt_tokens=args.max_prompt_tokens, stop_at_action=not args.no_stop_at_action)
-    paths = ["agentboard"] + [p for p in args.paths if p != "agentboard"] + (["ct2-int8"] * args.int8)
+    paths = ["agentboard"] + [p for p in args.paths if p != "agentboard"] + (["engine-int8"] * args.int8)
     per_suite = max(1, args.episodes // len(args.suites))
     kwargs = dict(suites=args.suites, max_steps=args.max_steps, max_instances=per_suite, progress_bar=False)
     rows, outputs = {}, {}

@@ -6,7 +6,7 @@ import pytest
 
 from refinelib import evaluate
 from refinelib.agent import instruction
-from refinelib.engine import Engine, EnginePolicy
+from refinelib.engine import Engine, EnginePolicy, quantized
 from refinelib.policies import TransformersPolicy, action_complete, local_policy
 from tests.tiny_model import tiny_model, tiny_tokenizer
 
@@ -176,6 +176,7 @@ def test_local_policy_picks_the_engine_where_it_runs_the_architecture(tiny):
     model, tok = tiny
     assert type(local_policy(model, tok, max_new_tokens=4)) is EnginePolicy
     assert type(local_policy(model, tok, "transformers", max_new_tokens=4)) is TransformersPolicy
+    assert type(local_policy(model, tok, "engine-int8", max_new_tokens=4)) is EnginePolicy
     with pytest.raises(ValueError, match="backend must be one of"):
         local_policy(model, tok, "vllm")
     model.config.model_type = "gemma3_text"
@@ -197,3 +198,20 @@ def test_a_draft_is_what_followed_the_last_earlier_occurrence_of_the_final_token
     assert policy._draft(fed, [9] * 8 + [4]) == [5]  # no more than max_new_tokens allows
     with pytest.raises(ValueError, match="draft_tokens must be >= 0"):
         EnginePolicy(model, tok, draft_tokens=-1)
+
+
+def test_the_int8_engine_computes_close_to_float_and_leaves_the_model_alone(tiny):
+    import torch
+
+    model, tok = tiny
+    int8 = quantized(model)
+    assert type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear  # the original is untouched
+    assert "quantized" in type(int8.model.layers[0].mlp.up_proj).__module__
+    ids = list(range(5, 60))
+    exact, approx = Engine(model), Engine(int8)
+    a = exact.forward([exact.new_sequence()], [ids])[0]
+    b = approx.forward([approx.new_sequence()], [ids])[0]
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    episodes = evaluate.run(EnginePolicy(int8, tok, name="int8", max_new_tokens=12), ["pddl"], max_steps=2,
+                            max_instances=2, progress_bar=False)
+    assert len(episodes) == 2 and all(len(e.turns) == 2 for e in episodes)
