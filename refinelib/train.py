@@ -9,9 +9,17 @@ full fine-tuning an option; the same code path runs on a CPU and, through ``acce
     result = train(TrainConfig(train_file="artifacts/data/dev/train.jsonl", output_dir="artifacts/train/dev"))
     result.eval_loss, result.model_dir        # adapter/ (LoRA) or model/ (full), loadable with load_trained
 
+Speed and memory (issue 10, ``benchmarks/train_speed.py``): the LM head and the loss run only at the
+supervised positions (most of a trajectory is masked context), a batch is split into micro-batches that
+give the same loss and gradient (one example at a time on a CPU: no padding, a fraction of the
+activations), and ``num_threads="auto"`` uses only the cores other processes leave idle.
+
 Calling ``train`` again with the same config after an interruption resumes from the newest checkpoint in
-``output_dir``. Outputs: ``checkpoint-*/`` (Trainer), ``adapter/`` or ``model/`` (with the tokenizer),
-``merged/`` when asked, ``loss_history.csv`` (step, epoch, split, loss) and ``manifest.json``, written last.
+``output_dir``, after checking that the checkpoints belong to the same run (config, data fingerprint,
+code: ``run.json``); a new run in a used folder sets the old ``manifest.json`` aside first, and a lock
+keeps a second writer out. Outputs: ``checkpoint-*/`` (Trainer), ``adapter/`` or ``model/`` (with the
+tokenizer), ``merged/`` when asked, ``loss_history.csv`` (step, epoch, split, loss) and ``manifest.json``,
+written last.
 """
 
 from __future__ import annotations
