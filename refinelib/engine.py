@@ -233,7 +233,7 @@ class EnginePolicy(TransformersPolicy):
         tokenizer: its tokenizer, with a chat template.
         share_instructions: encode each distinct system message once (False: per episode, like
             ``TransformersPolicy``; for measuring what the sharing brings).
-        max_shared: distinct system messages kept (least recently used dropped first).
+        max_shared: distinct system messages kept (least recently used dropped first; SmolLM2: ≈ 20 MB each).
         draft_tokens: greedy decoding checks up to this many drafted tokens per row and step (prompt
             lookup: what followed the last ``draft_ngram`` tokens where they occurred before); the output
             is the same, the decode steps fewer when the model copies from its prompt (SmolLM2 on the
@@ -242,7 +242,7 @@ class EnginePolicy(TransformersPolicy):
         **kwargs: :class:`~refinelib.policies.TransformersPolicy` settings (``prefix_cache`` is always on).
     """
 
-    def __init__(self, model, tokenizer, share_instructions: bool = True, max_shared: int = 32,
+    def __init__(self, model, tokenizer, share_instructions: bool = True, max_shared: int = 16,
                  draft_tokens: int = 4, draft_ngram: int = 3, **kwargs) -> None:
         kwargs.pop("prefix_cache", None)
         super().__init__(model, tokenizer, **kwargs)
