@@ -15,6 +15,7 @@ at the same batch size, i.e. the same examples per optimizer step and the same l
 * ``new_whole_batch``: the new path with the whole padded batch in one pass (what micro-batching is worth);
 * ``new_top8``: the new path with LoRA on the top 8 of SmolLM2's 30 layers (other trainable weights, so
   other losses: a placement option, not the same run);
+* ``new_bf16``: the new path under bf16 autocast (AMX on recent Xeons; other rounding, so other losses);
 * ``today_1thread``: today's path on one thread (what the threading alone is worth).
 
 ``--data book`` trains on what the book's chapters train on: grounded-teacher refinement trajectories
@@ -46,7 +47,8 @@ BATCHING = {"padded": dict(group_by_length=False, padding_free=False),
 TODAY = dict(supervised_logits_only=False, micro_batch_size="batch", num_threads=None)
 VARIANTS = {"today": TODAY, "new": {}, "new_all_threads": dict(num_threads="cores"),
             "new_whole_batch": dict(micro_batch_size="batch"),
-            "new_top8": dict(lora_top_layers=8), "today_1thread": {**TODAY, "num_threads": 1}}
+            "new_top8": dict(lora_top_layers=8), "new_bf16": dict(bf16=True),
+            "today_1thread": {**TODAY, "num_threads": 1}}
 
 
 def episodes(n: int, seed: int = 0) -> list[dict]:
