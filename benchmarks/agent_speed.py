@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 from refinelib import evaluate
@@ -96,6 +97,7 @@ def main() -> None:
                       **{k: v for k, v in stats.items() if k in ("drafted", "accepted")}}
         outputs[path] = [[(t.raw, t.action) for t in e.turns] for e in episodes]
         policy.close()
+        print(json.dumps({path: rows[path]}), file=sys.stderr, flush=True)  # progress of a long run
     reference = outputs["agentboard"]
     for path, row in rows.items():
         row["speedup"] = round(row["episodes_per_min"] / rows["agentboard"]["episodes_per_min"], 2)
