@@ -169,7 +169,7 @@ def test_smollm2_episodes_on_the_engine_equal_the_transformers_path():
     played = evaluate.run(EnginePolicy(model, tok, **settings), **kwargs)
     raw = [[t.raw for t in e.turns] for e in played]
     assert raw == [[t.raw for t in e.turns] for e in reference]
-    assert any(t.action for e in played for t in e.turns), json.dumps(raw)  # SmolLM2 does write actions
+    assert all(text.strip() for episode in raw for text in episode), json.dumps(raw)
 
 
 def test_local_policy_picks_the_engine_where_it_runs_the_architecture(tiny):
