@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from refinelib.agent import Message, approx_tokens
 from refinelib.envs.base import CHECK_VALID_ACTIONS, TextEnv
+from refinelib.llm import redact_url
 
 Chat = Sequence[Message]
 
@@ -388,11 +389,12 @@ class OpenAIPolicy(Policy):
         self.name = name or f"openai:{model}"
 
     def __repr__(self) -> str:
-        return (f"OpenAIPolicy(model={self.model!r}, base_url={self.base_url!r}, "
+        return (f"OpenAIPolicy(model={self.model!r}, base_url={redact_url(self.base_url)!r}, "
                 f"api_key_env={self.api_key_env!r})")
 
     def config(self):
-        return {**super().config(), "model": self.model, "base_url": self.base_url,
+        # config() reaches episode logs and manifests: never a credential written into the URL
+        return {**super().config(), "model": self.model, "base_url": redact_url(self.base_url),
                 "api_key_env": self.api_key_env, "temperature": self.temperature,
                 "max_tokens": self.max_tokens}
 

@@ -227,3 +227,13 @@ def test_openai_policy_reads_the_key_from_the_env_and_never_logs_it(fake_server,
     assert secret not in log.read_text() and secret not in repr(policy) and secret not in str(policy.config())
     assert os.environ["REFINELIB_TEST_KEY"] == secret
     policy.close()
+
+
+def test_openai_policy_stores_a_base_url_without_its_credentials(fake_server, monkeypatch):
+    monkeypatch.setenv("REFINELIB_TEST_KEY", "sk-test")
+    host = fake_server.split("//", 1)[1]
+    url = f"http://user:hunter2@{host}"  # credentials in the URL: the client may use them, logs may not
+    policy = OpenAIPolicy("fake-model", base_url=url, api_key_env="REFINELIB_TEST_KEY", max_retries=0)
+    assert "hunter2" not in repr(policy) and "hunter2" not in str(policy.config())
+    assert host in policy.config()["base_url"]
+    policy.close()
