@@ -186,3 +186,39 @@ def replay_check(script: dict[str, Any], trajectory: list[dict[str, Any]]) -> tu
         if obs != dm["Observation"] or any(flags[f] != dm[f] for f in FLAGS):
             return False, f"turn {dm['turn']}: the engine says {obs!r} {flags}"
     return world.goal_reached(), "replayed in the engine"
+
+
+def replay_record(script: dict[str, Any], record: dict[str, Any]) -> tuple[bool, str]:
+    """Replay a chat record (what tuning reads) in the engine: a check independent of the verifier's.
+
+    :func:`replay_check` replays the teacher's trajectory, which the verifier already did; this replays
+    the *converted* record instead: each ``gpt`` turn's ``Action:`` line is played, the next ``human``
+    turn must carry the engine's observation, a turn's ``loss`` must be false exactly when the engine
+    flags it (erroneous turns are masked), and the goal must be reached. So it catches what conversion
+    and masking can break, not only what the teacher can.
+
+    >>> from refinelib.themes import generate_script
+    >>> from refinelib.chat import to_conversation
+    >>> script = generate_script(3)
+    >>> record = to_conversation(script, grounded_trajectory(script, seed=3), "r3")
+    >>> replay_record(script, record)
+    (True, 'replayed in the engine')
+    >>> record["conversations"][-1]["value"] = "Thought: hm.\\nAction: jump around"
+    >>> replay_record(script, record)[0]
+    False
+    """
+    world = World.from_script(script)
+    turns = record["conversations"]
+    for i, turn in enumerate(turns):
+        if turn["from"] != "gpt":
+            continue
+        action = turn["value"].rsplit("Action:", 1)[-1].strip() if "Action:" in turn["value"] else ""
+        obs, flags = world.step(action)
+        erroneous = any(flags.values())
+        if turn["loss"] == erroneous:
+            return False, f"turn {i}: loss is {turn['loss']} but the engine's flags are {flags}"
+        following = turns[i + 1]["value"] if i + 1 < len(turns) else None
+        if following is not None and following != f"Observation: {obs}":
+            return False, f"turn {i + 1}: the record says {following!r}, the engine {obs!r}"
+    return world.goal_reached(), "replayed in the engine"
+

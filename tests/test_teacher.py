@@ -1,5 +1,6 @@
 """The grounded teacher: contract format, error->refinement episodes, flags that replay in the engine."""
 
+import copy
 import json
 import os
 import re
@@ -9,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from refinelib.teacher import grounded_trajectory, replay_check
+from refinelib.teacher import grounded_trajectory, replay_check, replay_record
 from refinelib.themes import generate_script
 from refinelib.world import FLAGS, GOAL_DONE, World
 
@@ -121,3 +122,21 @@ def test_verifier_accepts_grounded_trajectories(cases):
     tampered = [dict(t) for t in trajectory]
     tampered[-1]["Observation"] = "Nothing happens."
     assert verify.verify(script, tampered, goal_check=replay_check).reason == "goal_not_reached"
+
+
+def test_replay_record_checks_the_converted_record_not_the_teacher():
+    from refinelib.chat import to_conversation
+
+    script = generate_script(11)
+    record = to_conversation(script, grounded_trajectory(script, seed=11), "r11")
+    assert replay_record(script, record) == (True, "replayed in the engine")
+    gpt = [i for i, t in enumerate(record["conversations"]) if t["from"] == "gpt"]
+    erroneous = [i for i in gpt if not record["conversations"][i]["loss"]]
+    assert erroneous, "the grounded teacher makes mistakes"
+    unmasked = copy.deepcopy(record)  # a conversion that forgot to mask an erroneous turn
+    unmasked["conversations"][erroneous[0]]["loss"] = True
+    assert replay_record(script, unmasked)[0] is False
+    wrong_obs = copy.deepcopy(record)  # an observation lost or altered on the way to the record
+    wrong_obs["conversations"][gpt[0] + 1]["value"] = "Observation: nothing happens."
+    ok, why = replay_record(script, wrong_obs)
+    assert not ok and "the engine" in why
