@@ -25,6 +25,7 @@ the paper's in ``DataFrame.attrs["source"]``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +36,7 @@ import pandas as pd
 from refinelib import evaluate, runs
 from refinelib.envs import registry
 from refinelib.episodes import Episode, EpisodeLog
+from refinelib.llm import redact_url
 from refinelib.metrics import KEY_COLUMNS, normalized_action, summarize
 from refinelib.paths import artifacts_dir
 from refinelib.perturb import get_rule
@@ -59,10 +61,49 @@ def default_models(tuning_run_id: str = "default",
     return {n: None if n == "base" else str(root / n) for n in names}
 
 
-def check_models(models: Mapping[str, str | None]) -> None:
-    """Raise one FileNotFoundError naming every model folder that is missing (run notebook 03 first)."""
+ENDPOINT_FIELDS = {"endpoint", "model", "api_key_env"}  # a model served behind an OpenAI-compatible API
+
+
+def is_endpoint(entry) -> bool:
+    """Whether a model entry is an endpoint, e.g. ``{"endpoint": "openai", "model": "gpt-4o-mini"}`` or
+    ``{"endpoint": "http://localhost:8000/v1", "model": "refine"}`` (vLLM serving a tuned model)."""
+    return isinstance(entry, Mapping)
+
+
+def check_endpoint(name: str, entry: Mapping) -> None:
+    """One ValueError naming the model and the field when an endpoint entry is malformed or its key
+    is not in the environment (checked before any model is loaded or any episode played)."""
+    unknown = sorted(set(entry) - ENDPOINT_FIELDS)
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown endpoint fields {unknown}; "
+                         f"known: {sorted(ENDPOINT_FIELDS)}")
+    for key in ("endpoint", "model"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ValueError(f"model {name!r}: endpoint field {key!r} must be a non-empty string")
+    if entry["endpoint"] != "openai" and not entry["endpoint"].startswith(("http://", "https://")):
+        raise ValueError(f"model {name!r}: endpoint must be 'openai' or an http(s):// URL, "
+                         f"got {redact_url(entry['endpoint'])!r}")
+    key_env = entry.get("api_key_env", "OPENAI_API_KEY")
+    if not os.environ.get(key_env):  # the key comes from the environment only, never from the entry
+        raise ValueError(f"model {name!r}: set its API key in the environment variable {key_env}")
+
+
+def describe(entry):
+    """A model entry as it may be stored (logs, sidecars, manifests): an endpoint's URL without
+    credentials; folders and baselines as they are."""
+    if is_endpoint(entry):
+        return {**entry, "endpoint": redact_url(entry.get("endpoint"))}
+    return entry
+
+
+def check_models(models: Mapping[str, str | Mapping | None]) -> None:
+    """Raise one error naming every model folder that is missing (run notebook 03 first) or the first
+    malformed endpoint entry."""
+    for name, entry in models.items():
+        if is_endpoint(entry):
+            check_endpoint(name, entry)
     missing = {n: f for n, f in models.items()
-               if f is not None and f not in BASELINES and not Path(f).is_dir()}
+               if f is not None and not is_endpoint(f) and f not in BASELINES and not Path(f).is_dir()}
     if missing:
         listed = ", ".join(f"{n}: {f}" for n, f in missing.items())
         raise FileNotFoundError(f"model folders not found ({listed}); run notebook 03_tuning first, "
@@ -73,12 +114,18 @@ def load_policy(name: str, folder: str | None, base_model: str = "SmolLM2-135M-I
                 max_new_tokens: int = 48, max_prompt_tokens: int | None = 1280,
                 batch_size: int | None = None, backend: str = "auto"):
     """The policy called ``name``: the base model (``folder`` None), a trained folder (notebook 03's
-    ``<name>/`` with ``manifest.json`` and ``adapter/``, or a bare PEFT adapter folder), or one of
-    ``BASELINES``. Greedy decoding, each output ending at its ``Action:`` line; the LoRA adapter is
-    merged for speed; ``backend`` as in :func:`refinelib.policies.local_policy` (``"auto"``: the engine,
-    same outputs as transformers, faster)."""
+    ``<name>/`` with ``manifest.json`` and ``adapter/``, or a bare PEFT adapter folder), one of
+    ``BASELINES``, or an endpoint entry (:func:`is_endpoint`: GPT-4o, a vLLM server). Greedy decoding,
+    each output ending at its ``Action:`` line; the LoRA adapter is merged for speed; ``backend`` as in
+    :func:`refinelib.policies.local_policy` (``"auto"``: the engine, same outputs as transformers, faster)."""
     from refinelib import policies
 
+    if is_endpoint(folder):  # greedy like the local models; the episode log keys it by ``name``
+        check_endpoint(name, folder)
+        base_url = None if folder["endpoint"] == "openai" else folder["endpoint"]
+        return policies.OpenAIPolicy(folder["model"], base_url=base_url, name=name, temperature=0.0,
+                                     api_key_env=folder.get("api_key_env", "OPENAI_API_KEY"),
+                                     max_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens)
     if folder in BASELINES:
         return policies.OraclePolicy() if folder == "oracle" else policies.RandomPolicy()
     kwargs = dict(name=name, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
@@ -119,6 +166,8 @@ def episodes_path(eval_run_id: str, name: str) -> Path:
 def model_identity(folder: str | Path | None) -> str | None:
     """What tells two trainings in the same folder apart: the manifest's time and data fingerprint
     (None for the base model, a baseline policy or a folder without a manifest)."""
+    if is_endpoint(folder):  # what the endpoint serves is its business: the model name is all we know
+        return f"{folder.get('model')}@{redact_url(folder.get('endpoint'))}"
     manifest = Path(folder) / "manifest.json" if folder and folder not in BASELINES else None
     if manifest is None or not manifest.is_file():
         return None
@@ -143,7 +192,7 @@ def evaluate_model(name: str, folder: str | None, suites: Sequence[str], eval_ru
     """
     evaluate.check_arguments(batch_size, max_steps, 1, max_instances)
     path = episodes_path(eval_run_id, name)
-    settings = {"model": folder, "model_identity": model_identity(folder), "base_model": base_model,
+    settings = {"model": describe(folder), "model_identity": model_identity(folder), "base_model": base_model,
                 "scale": scale, "max_steps": max_steps, "max_new_tokens": max_new_tokens,
                 "max_prompt_tokens": max_prompt_tokens, "temperature": 0.0}
     if folder in BASELINES:  # generation settings do not apply to them

@@ -245,3 +245,40 @@ def test_settings_sidecar_records_the_model_and_the_versions_of_what_was_played(
     assert recorded["suite:pddl"] == "1+pddl-1" and recorded["prompt:pddl"] == "pddl-1+base-1"
     assert recorded["env_code:pddl"] == evaluate.environment_code("pddl")
     assert recorded["policy"] == {"name": "oracle", "class": "OraclePolicy"}
+
+
+def test_an_endpoint_model_is_evaluated_into_the_main_table(artifacts, monkeypatch):
+    """A GPT-4o / vLLM row: a model entry that is an OpenAI-compatible endpoint, key from the environment."""
+    from fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("REFINELIB_TEST_KEY", "sk-test-endpoint")
+    with FakeOpenAI(lambda request: "Thought: I look around.\nAction: check valid actions") as server:
+        url = server.base_url.replace("http://", "http://user:hunter2@")  # credentials must not be stored
+        models = {"served": {"endpoint": url, "model": "refine", "api_key_env": "REFINELIB_TEST_KEY"},
+                  "oracle": "oracle"}
+        episodes = experiment.evaluate_models(models, ["pddl"], max_instances=1, max_steps=2,
+                                              progress_bar=False)
+        assert server.requests and {r["model"] for r in server.requests} == {"refine"}
+        assert all(r.get("temperature", 0) == 0 for r in server.requests)  # greedy, like the local rows
+    served = [e for e in episodes if e.policy == "served"]
+    assert len(served) == 1 and [t.action for t in served[0].turns] == ["check valid actions"] * 2
+    table = experiment.main_table(metrics.episode_table(episodes))
+    assert {"served", "oracle"} <= set(table["policy"])
+    for path in experiment.episodes_path("default", "served").parent.iterdir():
+        assert "hunter2" not in path.read_text() and "sk-test-endpoint" not in path.read_text()
+    again = experiment.evaluate_models(models, ["pddl"], max_instances=1, max_steps=2, progress_bar=False)
+    assert [e.key for e in again] == [e.key for e in episodes]  # read back from the log, not replayed
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"endpoint": "openai"}, "'model' must be a non-empty string"),
+    ({"endpoint": "ftp://x", "model": "m", "api_key_env": "REFINELIB_TEST_KEY"}, "http"),
+    ({"endpoint": "openai", "model": "m", "key": "sk-1"}, r"unknown endpoint fields \['key'\]"),
+    ({"endpoint": "openai", "model": "m", "api_key_env": "REFINELIB_NO_SUCH_KEY"}, "REFINELIB_NO_SUCH_KEY"),
+])
+def test_a_bad_endpoint_entry_is_one_error_before_anything_runs(artifacts, monkeypatch, entry, message):
+    monkeypatch.setenv("REFINELIB_TEST_KEY", "sk-test")
+    monkeypatch.delenv("REFINELIB_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ValueError, match=message):
+        experiment.evaluate_models({"gpt": entry}, ["pddl"], max_instances=1, max_steps=1)
+    assert not experiment.episodes_path("default", "gpt").exists()
