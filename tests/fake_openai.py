@@ -4,10 +4,14 @@ It answers ``POST /v1/chat/completions`` in the OpenAI response format (``id``, 
 ``model``, ``choices[0].message.content``, ``finish_reason``, ``usage``), so tests exercise the real
 ``openai`` client: its HTTP stack, timeouts and retries.
 
-    >>> with FakeOpenAI(lambda request: "hello") as server:
-    ...     client = LLMClient(LLMConfig("fake-model", base_url=server.base_url), cache_dir=tmp)
-    ...     client.complete([{"role": "user", "content": "hi"}], stage="script").text
+    >>> import os, tempfile
+    >>> from refinelib.llm import LLMClient, LLMConfig
+    >>> os.environ["FAKE_OPENAI_KEY"] = "sk-local-test"  # a local server takes any key
+    >>> with FakeOpenAI(lambda request: "hello") as server, tempfile.TemporaryDirectory() as tmp:
+    ...     config = LLMConfig("fake-model", base_url=server.base_url, api_key_env="FAKE_OPENAI_KEY")
+    ...     LLMClient(config, cache_dir=tmp).complete([{"role": "user", "content": "hi"}], stage="script").text
     'hello'
+    >>> del os.environ["FAKE_OPENAI_KEY"]
 
 Scripting:
 
