@@ -9,7 +9,8 @@ It answers ``POST /v1/chat/completions`` in the OpenAI response format (``id``, 
     >>> os.environ["FAKE_OPENAI_KEY"] = "sk-local-test"  # a local server takes any key
     >>> with FakeOpenAI(lambda request: "hello") as server, tempfile.TemporaryDirectory() as tmp:
     ...     config = LLMConfig("fake-model", base_url=server.base_url, api_key_env="FAKE_OPENAI_KEY")
-    ...     LLMClient(config, cache_dir=tmp).complete([{"role": "user", "content": "hi"}], stage="script").text
+    ...     client = LLMClient(config, cache_dir=tmp)
+    ...     client.complete([{"role": "user", "content": "hi"}], stage="script").text
     'hello'
     >>> del os.environ["FAKE_OPENAI_KEY"]
 
