@@ -282,3 +282,20 @@ def test_a_bad_endpoint_entry_is_one_error_before_anything_runs(artifacts, monke
     with pytest.raises(ValueError, match=message):
         experiment.evaluate_models({"gpt": entry}, ["pddl"], max_instances=1, max_steps=1)
     assert not experiment.episodes_path("default", "gpt").exists()
+
+
+def test_an_endpoint_model_plays_the_robustness_rules_through_the_endpoint(artifacts, monkeypatch):
+    """Chapter 05 with an API row: each perturbed prompt (its re-phrased action templates) reaches the
+    endpoint, and the episodes are logged per rule like a local model's."""
+    from fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("REFINELIB_TEST_KEY", "sk-test")
+    with FakeOpenAI(lambda request: "Thought: list them.\nAction: check valid actions") as server:
+        entry = {"endpoint": server.base_url, "model": "gpt-4o-mini", "api_key_env": "REFINELIB_TEST_KEY"}
+        episodes = experiment.evaluate_model("gpt-4o-mini", entry, ["pddl"], eval_run_id="rob",
+                                             max_instances=1, max_steps=1, progress_bar=False,
+                                             perturbations={"pddl": ["none", "R3"]})
+        systems = [r["messages"][0]["content"] for r in server.requests]
+    assert [e.perturbation for e in episodes] == ["none", "perturb-v1:R3"]
+    assert len(systems) == 2 and systems[0] != systems[1]  # the R3 prompt's call syntax went out
+    assert any("in brackets, separated by commas" in s for s in systems)
