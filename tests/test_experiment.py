@@ -299,3 +299,26 @@ def test_an_endpoint_model_plays_the_robustness_rules_through_the_endpoint(artif
     assert [e.perturbation for e in episodes] == ["none", "perturb-v1:R3"]
     assert len(systems) == 2 and systems[0] != systems[1]  # the R3 prompt's call syntax went out
     assert any("in brackets, separated by commas" in s for s in systems)
+
+
+def test_best_of_n_through_an_endpoint_samples_with_seeds(artifacts, monkeypatch, tmp_path):
+    """Chapter 06's Best-of-N with an API row: greedy requests at temperature 0 without a seed, sampled
+    ones at the chapter's temperature, each sample with its own seed (so a re-run asks the same)."""
+    from fake_openai import FakeOpenAI
+
+    from refinelib import ablation
+
+    monkeypatch.setenv("REFINELIB_TEST_KEY", "sk-test")
+    with FakeOpenAI(lambda request: "Thought: list.\nAction: check valid actions") as server:
+        entry = {"endpoint": server.base_url, "model": "gpt-4o", "api_key_env": "REFINELIB_TEST_KEY"}
+        policy = experiment.load_policy("gpt-4o", entry, max_new_tokens=32)
+        run = dict(max_steps=1, max_instances=1, seeds=(7,), progress_bar=False)
+        greedy = evaluate.run(policy, ["pddl"], log_path=tmp_path / "greedy.jsonl", **run)
+        policy.temperature = 0.7
+        sampled = evaluate.run(policy, ["pddl"], samples=3, log_path=tmp_path / "sampled.jsonl", **run)
+        policy.close()
+        requests = list(server.requests)
+    assert [r.get("temperature") for r in requests] == [0.0, 0.7, 0.7, 0.7]
+    assert "seed" not in requests[0] and len({r["seed"] for r in requests[1:]}) == 3
+    table = ablation.best_of_n_table(metrics.episode_table(greedy), metrics.episode_table(sampled))
+    assert table.loc[0, "n_samples"] == 3 and table.loc[0, "policy"] == "gpt-4o"
