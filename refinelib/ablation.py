@@ -124,8 +124,7 @@ def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
             if previous.get("finished") and (out / "manifest.json").is_file():
                 return out, False
         elif previous is not None:  # another training of ours: neither resumed nor mixed with this one
-            old, new = _flat(previous.get("identity") or {}), _flat(identity)
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in runs.changed_fields(old, new))
+            diff = runs.describe_changes(_flat(previous.get("identity") or {}), _flat(identity))
             aside = runs.set_aside_contents(out)
             warnings.warn(f"{out} held another training of {name} ({diff}); kept as {aside.name}, training "
                           "again", runs.StaleRunWarning, stacklevel=2)

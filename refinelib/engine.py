@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 
-from refinelib.policies import TransformersPolicy
+from refinelib.policies import TransformersPolicy, common_prefix
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 _GROW = 256  # cache capacity grows in steps of this many positions (one copy per step, not per token)
@@ -341,7 +341,7 @@ class EnginePolicy(TransformersPolicy):
     def _best_live(self, ids: list[int]) -> tuple[int, Sequence | None]:
         best, found = 0, None
         for seq in self._live:
-            n = _common_prefix(seq.ids, ids, len(ids) - 1)
+            n = common_prefix(seq.ids, ids, len(ids) - 1)
             if n > best:
                 best, found = n, seq
         return best, found
@@ -404,7 +404,3 @@ class EnginePolicy(TransformersPolicy):
                 return (fed[end + 1:end + 1 + room] + [last])[:room]
         return []
 
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = min(len(a), len(b), limit)
-    return next((i for i in range(n) if a[i] != b[i]), n)

@@ -74,6 +74,12 @@ def action_complete(text: str) -> bool:
     return "\n" in rest and rest.split("\n", 1)[0].strip() != ""
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit`` (what a kept KV cache serves)."""
+    n = min(len(a), len(b), limit)
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def _respond(thought: str, action: str) -> str:
     return f"Thought: {thought}\nAction: {action}"
 
@@ -265,8 +271,7 @@ class TransformersPolicy(Policy):
         """The longest cached prefix of ``ids`` (at least one token is left to feed): (length, layers)."""
         best, layers = 0, None
         for cached_ids, cached_layers in self._entries:
-            n = min(len(cached_ids), len(ids) - 1)
-            common = next((i for i in range(n) if cached_ids[i] != ids[i]), n)
+            common = common_prefix(cached_ids, ids, len(ids) - 1)
             if common > best:
                 best, layers = common, cached_layers
         return best, layers

@@ -199,6 +199,12 @@ def changed_fields(old: Mapping, new: Mapping) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
+def describe_changes(old: Mapping, new: Mapping, fields: Iterable[str] | None = None) -> str:
+    """``"field: old -> new, ..."`` for the changed ``fields`` (default: :func:`changed_fields`)."""
+    fields = changed_fields(old, new) if fields is None else fields
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fields)
+
+
 def _aside_name(path: Path, k: int) -> Path:
     return path.with_name(f"{path.stem}.stale-{k}{path.suffix}")
 
@@ -269,7 +275,7 @@ def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str
                 if old != merged:  # new fields, or None/missing differences: keep the record complete
                     write_json_atomic(sidecar, merged)
                 return
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            diff = describe_changes(old, new, changed)
     elif any(f.exists() for f in files):
         diff = f"no identity recorded (no {sidecar.name}; made by an older refinelib)"
     else:
