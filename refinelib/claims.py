@@ -606,7 +606,36 @@ def plot_claim(verdicts: pd.DataFrame, claim: str):
 
 
 # ----- the designs: what each size can detect (docs/experiment_design.md) ---------------------------------
-DESIGNS = {"default": 20, "cpu-long": 60}  # pairs per suite, capped at the suite's size; times to be measured
+@dataclass(frozen=True)
+class Design:
+    """One size of the experiment, as the chapters' parameters set it (``tests/test_claims.py`` checks that
+    the notebooks' defaults and each profile's files say the same)."""
+
+    profile: str  # the make variable PROFILE that runs it
+    suites: tuple[str, ...]  # chapters 01 and 04: the suites played by every model ...
+    per_suite: int  # ... and the instances of each (capped at the suite's size): claims (a)-(c)
+    robustness: int  # chapter 05: household held-in instances under the original prompt and every rule (d)
+    ablation_suites: tuple[str, ...]  # chapter 07: the suites its variants play (e) ...
+    ablation_per_suite: int  # ... and the instances of each
+
+    def pairs(self, c: Claim, sizes: Mapping[str, int]) -> list[int]:
+        """Pairs per suite of claim ``c`` under this design (a suite it does not play: none)."""
+        if c.source == "ablations":
+            played, n = self.ablation_suites, self.ablation_per_suite
+        elif c.rules:
+            played, n = ("household_held_in",), self.robustness
+        else:
+            played, n = self.suites, self.per_suite
+        return [min(n, sizes[s]) for s in c.suites if s in played]
+
+
+DESIGNS = {
+    # The default book (<= 60 min on a 2-core CPU): the held-in suite and one held-out suite at 20 pairs
+    # each, the issue's floor, rather than five suites with a few each; (d) and (e) get what time is left.
+    "default": Design("default", ("household_held_in", "babyai"), 20, 4, ("babyai", "pddl"), 1),
+    # Overnight: the paper's five tasks at 60 pairs per suite, (d) at 40 instances, (e) at 20 per task.
+    "cpu-long": Design("cpu-long", FIVE_TASKS, 60, 40, FIVE_TASKS, 20),
+}
 
 
 def power_table(ns: Sequence[int] = (10, 20, 30, 40, 60, 80, 100, 150, 200)) -> pd.DataFrame:
@@ -616,12 +645,11 @@ def power_table(ns: Sequence[int] = (10, 20, 30, 40, 60, 80, 100, 150, 200)) -> 
                                          for k, sd in sds.items()}} for n in ns])
 
 
-def design_table(per_suite: int, sizes: Mapping[str, int], claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """Per primary claim at ``per_suite`` pairs per suite (capped at ``sizes``): pairs, effective pairs,
-    the minimum detectable difference, the paper's difference and whether the size detects it, and the
-    pairs an equivalence reading needs."""
-    return pd.DataFrame([_design_row(c, [min(per_suite, sizes[s]) for s in c.suites])
-                         for c in claims if c.primary])
+def design_table(design: Design, sizes: Mapping[str, int], claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
+    """Per primary claim under ``design`` (suite sizes ``sizes``): pairs, effective pairs, the minimum
+    detectable difference, the paper's difference and whether the size detects it, and the pairs an
+    equivalence reading needs."""
+    return pd.DataFrame([_design_row(c, design.pairs(c, sizes)) for c in claims if c.primary])
 
 
 def _design_row(c: Claim, n: Sequence[int], paper_column: str = "paper (points)") -> dict:
@@ -647,10 +675,16 @@ def run_design(verdicts: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> pd.D
                          for c in claims if c.primary and c.id in pairs])
 
 
-def episode_budget(per_suite: int, sizes: Mapping[str, int], claims: Sequence[Claim] = CLAIMS) -> pd.Series:
-    """Episodes each model must play for ``claims`` (a cell shared by several claims is played once)."""
-    cells = {(m, s, r) for c in claims for m in c.models for s in c.suites for r in ("original", *c.rules)}
-    counts = pd.DataFrame([(m, min(per_suite, sizes[s])) for m, s, _ in cells], columns=["model", "episodes"])
+def episode_budget(design: Design, sizes: Mapping[str, int], claims: Sequence[Claim] = CLAIMS) -> pd.Series:
+    """Episodes each model plays for ``claims`` under ``design`` (a cell shared by several claims is
+    played once; chapter 07's episodes are its own, apart from the shared logs)."""
+    cells: dict[tuple, int] = {}
+    for c in claims:
+        for s in c.suites:
+            n = design.pairs(dataclasses.replace(c, suites=(s,)), sizes)
+            for key in ((m, s, r, c.source) for m in c.models for r in ("original", *c.rules) if n):
+                cells[key] = max(cells.get(key, 0), n[0])  # a prefix of a larger selection: played once
+    counts = pd.DataFrame([(m, n) for (m, *_), n in cells.items()], columns=["model", "episodes"])
     return counts.groupby("model").episodes.sum()
 
 
@@ -672,7 +706,7 @@ def design_markdown(sizes: Mapping[str, int] | None = None, claims: Sequence[Cla
                                 "paper (points)": round(100 * c.paper(), 1) if c.paper else "",
                                 "the paper's source": c.paper_label} for c in claims if c.primary])
     blocks = [markdown(hypotheses), markdown(power_table())]
-    for per_suite in DESIGNS.values():
-        blocks += [markdown(design_table(per_suite, sizes, claims)),
-                   markdown(episode_budget(per_suite, sizes, claims).reset_index())]
+    for design in DESIGNS.values():
+        blocks += [markdown(design_table(design, sizes, claims)),
+                   markdown(episode_budget(design, sizes, claims).reset_index())]
     return blocks

@@ -315,12 +315,40 @@ def test_the_design_documents_constants_are_the_librarys():
     for phrase in (f"fewer than {claims.MIN_PAIRS} pairs", f"δ = {100 * claims.MARGIN:.0f} points",
                    f"{claims.N_BOOT:,} resamples", f"σ = {claims.SUCCESS_SD:.2f}", f"= {claims.RATE_SD:.2f}",
                    f"= {claims.did_sd():.2f}", f"= {claims.mde(1, 1):.2f} σ / √n",
-                   f"**{claims.DESIGNS['default']}**", f"**{claims.DESIGNS['cpu-long']}**"):
+                   *(f"**{d.per_suite}**" for d in claims.DESIGNS.values())):
         assert phrase in text, phrase
     small = {s: len(registry.suite(s, "small")) for s in claims.FIVE_TASKS}
     assert ("household held-in {household_held_in}, BabyAI {babyai}, SciWorld {sciworld}, PDDL {pddl}, "
             "textadventure {textadventure}").format(**small) in text
-    assert max(small.values()) < claims.DESIGNS["default"]  # hence the designs run at AgentBoard scale
+    assert max(small.values()) < claims.DESIGNS["default"].per_suite  # hence the designs: AgentBoard scale
+
+
+@pytest.mark.parametrize("name", list(claims.DESIGNS))
+def test_each_design_is_what_its_profile_runs(name):
+    """The design the power calculation is about is the one the chapters play: their parameters (the
+    notebook defaults, overridden by configs/<profile>/) give the same suites and sizes."""
+    from test_profiles import defaults
+
+    from refinelib.runbook import profile_parameters
+
+    design = claims.DESIGNS[name]
+    root = DOC.parents[1]
+
+    def params(stem):
+        nb = root / "notebooks" / f"{stem}.ipynb"
+        return {**defaults(nb), **profile_parameters(nb, design.profile, root / "configs")}
+
+    for stem in ("01_overfitting_analysis", "04_generalization"):
+        p = params(stem)
+        assert (tuple(p["suites"]), p["max_instances"], p["scale"]) == (design.suites, design.per_suite,
+                                                                         "agentboard"), stem
+    p = params("05_robustness")
+    assert (p["max_instances"], p["scale"], list(p["rules"]["household_held_in"])) == (
+        design.robustness, "agentboard", list(claims.RULES))
+    p = params("07_ablations")
+    assert (tuple(p["eval_suites"]), p["eval_instances"]) == (design.ablation_suites,
+                                                              design.ablation_per_suite)
+    assert {"refine", "erroneous_loss"} <= set(p["variants"])
 
 
 # ----- real episode logs and this build's chapters (issue 11: the results chapter) -----------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,36 @@ def test_expert_data_is_the_agents_own_chat_with_every_turn_trained(tmp_path):
     expert.expert_data(4, log, progress=False)  # resumable: nothing re-played
     assert log.read_text().splitlines() == lines
     assert json.loads(lines[0])["policy"] == "expert"
+
+
+def test_the_expert_searches_for_the_object_instead_of_walking_to_where_the_planner_knows_it_is(tmp_path):
+    """Before it holds the task's object the expert acts only on what the agent has seen: receptacles in
+    SEARCH_ORDER, opening the closed ones, and it takes the object at the first place it is seen."""
+    records, _ = expert.expert_data(8, tmp_path / "expert.jsonl", progress=False)
+    rank = {kind: i for i, kind in enumerate(expert.SEARCH_ORDER)}
+    searched = 0
+    for r in records:
+        turns = r["conversations"][1:]  # the goal and first observation, then gpt / human in turn
+        actions = [agent.parse(t["value"]).action for t in turns[1::2]]
+        take = next(i for i, a in enumerate(actions) if a.startswith("take "))
+        kind = actions[take].split()[1]
+        # no earlier observation showed an object of that type: it is taken where it is first seen
+        assert not any(re.search(rf"\b{kind} \d", t["value"]) for t in turns[0:2 * take:2]), r["id"]
+        assert re.search(rf"\b{kind} \d", turns[2 * take]["value"])
+        visits = [a.removeprefix("go to ") for a in actions[:take] if a.startswith("go to ")]
+        kinds = [rank.get(v.rsplit(" ", 1)[0], len(rank)) for v in visits]
+        assert kinds == sorted(kinds), visits  # likely places first, never a jump to the hidden one
+        searched += len(visits) > 1
+    assert searched  # in some games the object was not at the first place looked at
+
+
+def test_the_planner_expert_walks_straight_to_the_object(tmp_path):
+    from refinelib.evaluate import run
+
+    searching, planner = (run(expert.ExpertPolicy(search=s), [expert.training_suite(4)], progress_bar=False)
+                          for s in (True, False))
+    assert all(e.success for e in planner)
+    assert sum(len(e.turns) for e in planner) < sum(len(e.turns) for e in searching)
 
 
 def test_expert_training_games_never_use_evaluation_seeds():

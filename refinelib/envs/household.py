@@ -303,6 +303,11 @@ class HouseholdEnv(TextEnv):
 
     # ----- helpers -------------------------------------------------------------------
     @property
+    def target_object(self) -> str:
+        """The object type the task is about (``"potato"`` in "cool some potato and put it in ...")."""
+        return self._traj["pddl_params"]["object_target"].lower()
+
+    @property
     def subgoals(self) -> list[Subgoal]:
         """The current episode's subgoals (after ``reset``)."""
         return list(self._tracker.goals)
