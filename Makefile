@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt | $(BIN)/python
 # files (artifacts/), so the order is declared here; what they re-use there is checked against the run
 # identities (refinelib.runs).
 book/executed/%.ipynb: notebooks/%.ipynb $(LIBRARY) book/executed/.params/% $(STAMP)
-	$(BIN)/python -m refinelib.runbook $< $@ --profile $(PROFILE)
+	$(BIN)/python -m refinelib.report.runbook $< $@ --profile $(PROFILE)
 # the manifests a chapter writes name it (refinelib.manifest: the results chapters gather this build's)
 book/executed/%.ipynb: export REFINELIB_NOTEBOOK = $*
 

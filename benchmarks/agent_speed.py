@@ -6,10 +6,10 @@ The same episodes are played with greedy decoding and the same settings by
   loops call a local model): ``TransformersPolicy(prefix_cache=False)``, ``batch_size=1``;
 * ``batched``: all episodes in lock-step, each episode's KV cache kept between turns (the previous
   default): ``TransformersPolicy``;
-* ``engine``: :class:`refinelib.engine.EnginePolicy` (instructions encoded once per family, preallocated
+* ``engine``: :class:`refinelib.eval.engine.EnginePolicy` (instructions encoded once per family, preallocated
   caches, finished rows leave the batch, prompt-lookup drafts), what the book's chapters use;
   ``engine-nodraft`` the same without drafts;
-* ``engine-int8``: the engine on an int8 copy of the model (:func:`refinelib.engine.quantized`), with
+* ``engine-int8``: the engine on an int8 copy of the model (:func:`refinelib.eval.engine.quantized`), with
   ``--int8``; not exact, so its share of actions identical to ``agentboard``'s is what to read.
 
 It prints episodes/min, the ratio to ``agentboard``, whether every path wrote the same outputs as
@@ -28,20 +28,20 @@ import os
 import sys
 import time
 
-from refinelib import evaluate
+from refinelib.eval import evaluate
 
 PATHS = ("agentboard", "batched", "engine", "engine-nodraft", "engine-int8")
 
 
 def make_policy(path: str, model, tokenizer, settings: dict):
     """The policy of one path, over the same loaded model."""
-    from refinelib.policies import TransformersPolicy
+    from refinelib.eval.policies import TransformersPolicy
 
     if path == "agentboard":
         return TransformersPolicy(model, tokenizer, prefix_cache=False, **settings)
     if path == "batched":
         return TransformersPolicy(model, tokenizer, **settings)
-    from refinelib.engine import EnginePolicy, quantized
+    from refinelib.eval.engine import EnginePolicy, quantized
 
     if path == "engine-int8":
         return EnginePolicy(quantized(model), tokenizer, **settings)
@@ -70,7 +70,7 @@ def main() -> None:
 
     import torch
 
-    from refinelib import models
+    from refinelib.tune import models
 
     torch.set_num_threads(args.threads)
     model, tokenizer = models.load(args.model)

@@ -42,9 +42,9 @@ def main() -> None:
 
     import torch
 
-    from refinelib import evaluate, experiment
-    from refinelib.synthesis import SynthesisConfig, synthesize
-    from refinelib.train import TrainConfig, train
+    from refinelib.eval import evaluate, experiment
+    from refinelib.synth.synthesis import SynthesisConfig, synthesize
+    from refinelib.tune.train import TrainConfig, train
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     out = Path(args.out or tempfile.mkdtemp(prefix="gpu_check_"))

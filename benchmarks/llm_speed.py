@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-from refinelib.llm import LLMClient, LLMConfig, Request  # noqa: E402
+from refinelib.synth.llm import LLMClient, LLMConfig, Request  # noqa: E402
 
 
 def timed(client: LLMClient, requests: list[Request]) -> float:

@@ -2,7 +2,7 @@
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/teacher_speed.py [--n 300] [--error-rate 0.3]
 Each sample is the whole path: generate a script, plan it, write a trajectory, verify it with the engine
-replay as goal check. A second figure runs the same through ``refinelib.synthesis.synthesize``, which
+replay as goal check. A second figure runs the same through ``refinelib.synth.synthesis.synthesize``, which
 also appends every sample to its resumable log (one fsynced line each). Prints a table; nothing is
 asserted.
 """
@@ -13,10 +13,10 @@ import argparse
 import tempfile
 import time
 
-from refinelib.synthesis import SynthesisConfig, synthesize
-from refinelib.teacher import grounded_trajectory, replay_check
-from refinelib.themes import generate_script
-from refinelib.verify import verify
+from refinelib.synth.synthesis import SynthesisConfig, synthesize
+from refinelib.synth.teacher import grounded_trajectory, replay_check
+from refinelib.synth.themes import generate_script
+from refinelib.synth.verify import verify
 
 
 def main() -> None:

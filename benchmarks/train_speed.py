@@ -4,7 +4,7 @@ Usage: python benchmarks/train_speed.py [--model tiny|smollm2|DIR] [--data book|
            [--batch-size 2] [--max-length 512] [--methods lora] [--variants today new ...]
            [--batching grouped] [--repeats 1] [--no-ceiling]
 
-Each variant runs ``refinelib.train.train`` for one epoch in its own subprocess (so peak RSS is its own)
+Each variant runs ``refinelib.tune.train.train`` for one epoch in its own subprocess (so peak RSS is its own)
 at the same batch size, i.e. the same examples per optimizer step and the same losses:
 
 * ``today``: the settings before issue 10: full-vocabulary logits at every position
@@ -19,7 +19,7 @@ at the same batch size, i.e. the same examples per optimizer step and the same l
 * ``today_1thread``: today's path on one thread (what the threading alone is worth).
 
 ``--data book`` trains on what the book's chapters train on: grounded-teacher refinement trajectories
-from ``refinelib.synthesis`` (notebook 02's default teacher); ``synthetic`` on short templated episodes.
+from ``refinelib.synth.synthesis`` (notebook 02's default teacher); ``synthetic`` on short templated episodes.
 tokens/s counts real (non-padding) tokens over the optimizer steps only (model loading and the final
 save are excluded). The *ceiling* is a raw forward+backward of one LoRA batch (batch x max_length tokens,
 no padding, SDPA) with the full LM head and with the head only at the supervised positions, measured in
@@ -75,7 +75,7 @@ def episodes(n: int, seed: int = 0) -> list[dict]:
 
 def book_records(n: int, seed: int = 0) -> list[dict]:
     """Refinement trajectories as the book makes them (notebook 02, grounded teacher, error rate 0.3)."""
-    from refinelib.synthesis import SynthesisConfig, synthesize
+    from refinelib.synth.synthesis import SynthesisConfig, synthesize
 
     with tempfile.TemporaryDirectory() as scratch:
         run = synthesize(SynthesisConfig(n=n, seed=seed, error_rate=0.3), scratch)
@@ -109,7 +109,7 @@ def run_one(spec: dict) -> dict:
     import transformers
     from transformers import TrainerCallback
 
-    from refinelib.train import TrainConfig, train
+    from refinelib.tune.train import TrainConfig, train
 
     transformers.logging.set_verbosity_error()
 
@@ -151,9 +151,9 @@ def ceiling(spec: dict) -> dict:
     the head at supervised positions only; tokens/s of the best of two timed passes after a warm-up."""
     import torch
 
-    from refinelib import models
-    from refinelib.masking import render_many
-    from refinelib.train import TrainConfig, _apply_lora, supervised_loss, threads
+    from refinelib.tune import models
+    from refinelib.tune.masking import render_many
+    from refinelib.tune.train import TrainConfig, _apply_lora, supervised_loss, threads
 
     torch.set_num_threads(threads(spec["threads"]))
     records = json.loads(Path(spec["records"]).read_text())

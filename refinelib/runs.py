@@ -18,7 +18,7 @@ made by the same run. Three tools make that hold the same way everywhere:
 
     from refinelib import runs
     with runs.RunLock(folder):
-        runs.check_identity(folder / "run.json", {"teacher": runs.code_version("refinelib.teacher")},
+        runs.check_identity(folder / "run.json", {"teacher": runs.code_version("refinelib.synth.teacher")},
                             "set_aside", files=[folder / "samples.jsonl"])
         ...
 """
@@ -166,7 +166,7 @@ def _source_files(item: ModuleType | str | Path) -> tuple[Path, list[Path]]:
 def code_version(*modules_or_paths: ModuleType | str | Path) -> str:
     """A short hash (12 hex digits) of the source of the given modules, packages, files or folders.
 
-    A module name (``"refinelib.teacher"``) or module object gives its file; a package gives all its
+    A module name (``"refinelib.synth.teacher"``) or module object gives its file; a package gives all its
     ``*.py`` files; a folder gives every file under it. Files are named relative to their root, so the
     hash does not change when the checkout moves, only when the code does.
     """
@@ -189,9 +189,18 @@ class StaleRunWarning(UserWarning):
     """Results made by another run identity were set aside and will be made again."""
 
 
+def jsonable(value):
+    """``value`` as it is stored and read back: tuples become lists, keys strings, other objects ``str``.
+
+    >>> jsonable({"sizes": (1, 2), 3: Path("a")})
+    {'sizes': [1, 2], '3': 'a'}
+    """
+    return json.loads(json.dumps(value, default=str))
+
+
 def _normalised(identity: Mapping) -> dict:
-    # compare what would be stored: tuples become lists, keys strings, exactly as they are read back
-    return json.loads(json.dumps(dict(identity), sort_keys=True, default=str))
+    # compare what would be stored, exactly as it is read back
+    return jsonable(dict(identity))
 
 
 def changed_fields(old: Mapping, new: Mapping) -> list[str]:

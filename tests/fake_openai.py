@@ -5,7 +5,7 @@ It answers ``POST /v1/chat/completions`` in the OpenAI response format (``id``, 
 ``openai`` client: its HTTP stack, timeouts and retries.
 
     >>> import os, tempfile
-    >>> from refinelib.llm import LLMClient, LLMConfig
+    >>> from refinelib.synth.llm import LLMClient, LLMConfig
     >>> os.environ["FAKE_OPENAI_KEY"] = "sk-local-test"  # a local server takes any key
     >>> with FakeOpenAI(lambda request: "hello") as server, tempfile.TemporaryDirectory() as tmp:
     ...     config = LLMConfig("fake-model", base_url=server.base_url, api_key_env="FAKE_OPENAI_KEY")

@@ -1,4 +1,4 @@
-"""Ablation variants, nested subsets, Best-of-N and the paper's reference tables (refinelib.ablation)."""
+"""Ablation variants, nested subsets, Best-of-N and the paper's reference tables (refinelib.eval.ablation)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import json
 import pandas as pd
 import pytest
 
-from refinelib import ablation, chat, teacher, themes
-from refinelib.masking import POLICIES
+from refinelib.analysis import reference, tables
+from refinelib.eval import experiment
+from refinelib.synth import conversation, teacher, themes
+from refinelib.tune import ablation
+from refinelib.tune.masking import POLICIES
 
 
 def refinement_records(n: int) -> list[dict]:
     out = []
     for seed in range(n):
         script = themes.generate_script(seed)
-        out.append(chat.to_conversation(script, teacher.grounded_trajectory(script, seed, error_rate=0.5),
+        out.append(conversation.to_conversation(script, teacher.grounded_trajectory(script, seed,
+        error_rate=0.5),
                                         f"grounded-{seed}"))
     return out
 
@@ -26,7 +30,7 @@ def erroneous(record: dict) -> int:
 
 def test_variants_are_the_papers_rows_with_known_mask_policies():
     assert [v.paper_row for v in ablation.VARIANTS.values()] == list(
-        ablation.paper_ablation_table().variant.unique())
+        reference.paper_ablation_table().variant.unique())
     assert all(v.mask_policy in POLICIES for v in ablation.VARIANTS.values())
     with pytest.raises(ValueError, match="unknown ablation variant 'w/o'.*refine"):
         ablation.variant("w/o")
@@ -63,7 +67,7 @@ def test_best_of_n_counts_the_best_sample_per_instance():
     sampled = episodes([("m", "pddl", "a", 0, False, 0.2), ("m", "pddl", "a", 1, True, 1.0),
                         ("m", "pddl", "b", 0, False, 0.5), ("m", "pddl", "b", 1, False, 0.25)])
     greedy = episodes([("m", "pddl", "a", 0, False, 0.5), ("m", "pddl", "b", 0, False, 0.0)])
-    table = ablation.best_of_n_table(greedy, sampled).iloc[0]
+    table = tables.best_of_n_table(greedy, sampled).iloc[0]
     assert table.n_instances == 2 and table.n_samples == 2
     assert table.greedy_success == 0 and table.bon_success == 50
     assert table.greedy_progress == 25 and table.bon_progress == 75
@@ -74,17 +78,17 @@ def test_best_of_n_table_refuses_unmatched_instances():
     sampled = episodes([("m", "pddl", "a", 0, True, 1.0)])
     greedy = episodes([("m", "pddl", "b", 0, False, 0.0)])
     with pytest.raises(ValueError, match="not both.*'a'"):
-        ablation.best_of_n_table(greedy, sampled)
+        tables.best_of_n_table(greedy, sampled)
     with pytest.raises(ValueError, match="no sampled episodes"):
-        ablation.best_of_n(sampled.iloc[:0])
+        tables.best_of_n(sampled.iloc[:0])
 
 
 def test_paper_tables_hold_the_printed_numbers_and_are_labelled():
-    ab = ablation.paper_ablation_table()
+    ab = reference.paper_ablation_table()
     assert "Table 2" in ab.attrs["source"]
     row = ab[(ab.variant == "w erroneous loss") & (ab.task == "ALFWorld")].iloc[0]
     assert (row.success_rate, row.progress_rate) == (29.9, 43.9)
-    bon = ablation.paper_best_of_n_table()
+    bon = reference.paper_best_of_n_table()
     refine = bon[(bon.model == "AgentRefine") & (bon.task == "ALFWorld") & (bon.decoding == "BoN")].iloc[0]
     # method.md §15.4 prints Δ AgentRefine ALFWorld 48.5 / 32.8
     assert (refine.delta_success, refine.delta_progress) == (48.5, 32.8)
@@ -96,20 +100,20 @@ def test_paper_tables_hold_the_printed_numbers_and_are_labelled():
     # the one misprint of the paper's table: Agent-FLAN ALFWorld success, 85.5 - 67.2 = 18.3, printed 28.3
     assert differ[["model", "task", "delta_success", "delta_success_computed"]].values.tolist() == [
         ["Agent-FLAN", "ALFWorld", 28.3, 18.3]]
-    scaling = ablation.paper_scaling_table()
+    scaling = reference.paper_scaling_table()
     assert scaling.trajectories.tolist() == [4000, 8000, 16000, 32000, 64000]
     assert scaling.avg_success.tolist()[3] == 30.5 and "Size" in scaling.attrs["source"]
-    wide = ablation.cells(ab, "variant")
+    wide = reference.cells(ab, "variant")
     assert wide.loc["AgentRefine", "Jericho"] == "5.0 / 26.2" and wide.attrs["source"] == ab.attrs["source"]
 
 
 def test_fresh_log_sets_aside_a_log_played_with_other_settings(tmp_path):
     log = tmp_path / "episodes" / "m.jsonl"
-    assert ablation.fresh_log(log, {"steps": 2}) is False
+    assert experiment.fresh_log(log, {"steps": 2}) is False
     log.write_text("{}\n")
-    assert ablation.fresh_log(log, {"steps": 2}) is False and log.exists()
+    assert experiment.fresh_log(log, {"steps": 2}) is False and log.exists()
     with pytest.warns(UserWarning, match="steps: 2 -> 3"):
-        assert ablation.fresh_log(log, {"steps": 3}) is True and not log.exists()
+        assert experiment.fresh_log(log, {"steps": 3}) is True and not log.exists()
     assert (log.parent / "m.stale-1.jsonl").read_text() == "{}\n"  # kept aside, not deleted
     assert json.loads(log.with_suffix(".settings.json").read_text())["steps"] == 3
 
@@ -119,20 +123,20 @@ def test_fresh_log_and_evaluate_run_share_one_identity(tmp_path):
     other's log aside, and a change of either does."""
     import warnings
 
-    from refinelib import evaluate
-    from refinelib.policies import OraclePolicy
+    from refinelib.eval import evaluate
+    from refinelib.eval.policies import OraclePolicy
 
     log = tmp_path / "m.jsonl"
     kwargs = dict(max_instances=1, progress_bar=False, log_path=log)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(2):
-            assert ablation.fresh_log(log, {"model": "oracle", "identity": None}) is False
+            assert experiment.fresh_log(log, {"model": "oracle", "identity": None}) is False
             first = evaluate.run(OraclePolicy(), ["pddl"], **kwargs)
     recorded = json.loads(log.with_suffix(".settings.json").read_text())
     assert recorded["model"] == "oracle" and recorded["suite:pddl"] == "1+pddl-1"
     with pytest.warns(UserWarning, match="identity: None -> 'retrained'"):
-        assert ablation.fresh_log(log, {"model": "oracle", "identity": "retrained"}) is True
+        assert experiment.fresh_log(log, {"model": "oracle", "identity": "retrained"}) is True
     assert evaluate.run(OraclePolicy(), ["pddl"], **kwargs)[0].instance == first[0].instance
 
 
@@ -182,7 +186,7 @@ def test_heldout_losses_split_out_the_refinement_turns():
     import torch
     from tiny_model import tiny_model, tiny_tokenizer
 
-    from refinelib.masking import render
+    from refinelib.tune.masking import render
 
     tokenizer = tiny_tokenizer()
     model = tiny_model(tokenizer)
@@ -203,8 +207,8 @@ def test_heldout_losses_split_out_the_refinement_turns():
 
 
 def test_model_identity_changes_with_the_manifest(tmp_path):
-    assert ablation.model_identity(None) is None and ablation.model_identity(tmp_path) is None
+    assert experiment.model_identity(None) is None and experiment.model_identity(tmp_path) is None
     (tmp_path / "manifest.json").write_text(json.dumps({"written": "t1", "dataset_fingerprint": "abc"}))
-    first = ablation.model_identity(tmp_path)
+    first = experiment.model_identity(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"written": "t2", "dataset_fingerprint": "abc"}))
-    assert first == "t1/abc" and ablation.model_identity(tmp_path) != first
+    assert first == "t1/abc" and experiment.model_identity(tmp_path) != first

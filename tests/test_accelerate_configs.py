@@ -20,12 +20,12 @@ from accelerate.utils import (
     prepare_multi_gpu_env,
 )
 
-import refinelib.train
-from refinelib.train import TrainConfig
+import refinelib.tune.train
+from refinelib.tune.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
-LAUNCH = ["-m", "refinelib.train_cli", "--train_file", "data/train.jsonl"]
+LAUNCH = ["-m", "refinelib.tune.train_cli", "--train_file", "data/train.jsonl"]
 
 
 def launcher_env(config: str, monkeypatch) -> dict[str, str]:
@@ -79,7 +79,7 @@ def test_the_paper_setting_gives_a_global_batch_of_64():
     paper = TrainConfig(train_file="data/train.jsonl", base_model="meta-llama/Meta-Llama-3-8B-Instruct",
                         method="full", learning_rate=2e-5, epochs=3, batch_size=2, grad_accumulation=4,
                         max_length=8192, bf16=True, output_dir=str(ROOT / "artifacts" / "never-written"))
-    args = refinelib.train._training_arguments(paper, has_eval=True, eval_on_start=False)
+    args = refinelib.tune.train._training_arguments(paper, has_eval=True, eval_on_start=False)
     gpus = load_config_from_file(str(CONFIGS / "deepspeed_zero3.yaml")).num_processes
     assert gpus * args.per_device_train_batch_size * args.gradient_accumulation_steps == 64
     assert args.bf16 and args.learning_rate == 2e-5 and args.lr_scheduler_type == "cosine"

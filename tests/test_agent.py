@@ -7,10 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from refinelib import agent
-from refinelib.agent import FORMAT_ERROR, EpisodeState, parse, window
 from refinelib.envs import registry
-from refinelib.policies import OpenAIPolicy, OraclePolicy, RandomPolicy, TransformersPolicy
+from refinelib.eval import agent
+from refinelib.eval.agent import FORMAT_ERROR, EpisodeState, parse, window
+from refinelib.eval.policies import OpenAIPolicy, OraclePolicy, RandomPolicy, TransformersPolicy
 from tests.tiny_model import tiny_model, tiny_tokenizer
 
 FAMILIES = ("pddl", "babyai", "household", "sciworld", "textadventure")
@@ -207,7 +207,7 @@ def fake_server():
 
 
 def test_openai_policy_reads_the_key_from_the_env_and_never_logs_it(fake_server, monkeypatch, tmp_path):
-    from refinelib import evaluate
+    from refinelib.eval import evaluate
 
     secret = "sk-test-SECRET-123"
     monkeypatch.delenv("REFINELIB_TEST_KEY", raising=False)

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from refinelib import chat, dataset, personas
+from refinelib.data import chat, dataset
 from refinelib.envs import Instance, make_instance, suite
 from refinelib.envs.registry import make
-from refinelib.llm import LLMClient, LLMConfig
-from refinelib.masking import RecordError
-from refinelib.synthesis import SynthesisConfig, load_run, synthesize
+from refinelib.schema import RecordError
+from refinelib.synth import personas
+from refinelib.synth.llm import LLMClient, LLMConfig
+from refinelib.synth.synthesis import SynthesisConfig, load_run, synthesize
 
 RECORD = {"id": "r1", "conversations": [{"from": "human", "loss": False, "value": "hi"},
                                         {"from": "gpt", "loss": True, "value": "Thought: x\nAction: y"}]}
@@ -93,7 +94,7 @@ SYNTHESIZE = [
      ValueError, r"teacher 'openai' needs an LLM client"),
     ("client type", lambda t: synthesize(SynthesisConfig(llm_thoughts=True), t / "run", client="gpt-4o",
                                          progress=False),
-     ValueError, r"client must be a refinelib.llm.LLMClient"),
+     ValueError, r"client must be a refinelib.synth.llm.LLMClient"),
     ("out_dir a file", lambda t: synthesize(SynthesisConfig(), write(t, "run", "x"), progress=False),
      ValueError, r"out_dir .*run is a file"),
     ("persona file missing", lambda t: synthesize(

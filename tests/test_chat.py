@@ -7,17 +7,11 @@ import pytest
 from test_verify import GOOD, SCRIPT, STEPS, trajectory
 from tiny_model import tiny_tokenizer
 
-from refinelib.chat import (
-    FORMAT_INSTRUCTION,
-    load_jsonl,
-    normalize_record,
-    strip_errors,
-    to_conversation,
-    to_openai,
-    write_jsonl,
-)
-from refinelib.masking import IGNORE_INDEX, RecordError, render
-from refinelib.verify import verify
+from refinelib.data.chat import load_jsonl, normalize_record, strip_errors, to_openai, write_jsonl
+from refinelib.schema import RecordError
+from refinelib.synth.conversation import FORMAT_INSTRUCTION, to_conversation
+from refinelib.synth.verify import verify
+from refinelib.tune.masking import IGNORE_INDEX, render
 
 
 @pytest.fixture(scope="module")

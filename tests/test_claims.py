@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refinelib import claims, metrics
-from refinelib.claims import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED
-from refinelib.episodes import AgentTurn, Episode
-from refinelib.perturb import get_rule
+from refinelib.analysis import claims, metrics
+from refinelib.analysis.claims import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED
+from refinelib.envs.perturb import get_rule
+from refinelib.eval.episodes import AgentTurn, Episode
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "experiment_design.md"
 # A claim of (c)'s shape on one synthetic suite: refine - expert_only progress > 0.
@@ -329,7 +329,7 @@ def test_each_design_is_what_its_profile_runs(name):
     notebook defaults, overridden by configs/<profile>/) give the same suites and sizes."""
     from test_profiles import defaults
 
-    from refinelib.runbook import profile_parameters
+    from refinelib.report.runbook import profile_parameters
 
     design = claims.DESIGNS[name]
     root = DOC.parents[1]
@@ -355,8 +355,8 @@ def test_each_design_is_what_its_profile_runs(name):
 @pytest.fixture(scope="module")
 def played():
     """Real episodes: the oracle and the random policy on household held-in and PDDL, 5 instances each."""
-    from refinelib import evaluate
-    from refinelib.policies import OraclePolicy, RandomPolicy
+    from refinelib.eval import evaluate
+    from refinelib.eval.policies import OraclePolicy, RandomPolicy
 
     return [e for policy in (OraclePolicy(), RandomPolicy())
             for e in evaluate.run(policy, ["household_held_in", "pddl"], max_instances=5, max_steps=12,
@@ -414,8 +414,8 @@ def _chapter(root, executed, stage, notebook, episodes, **manifest):
 
 def test_build_episodes_reads_this_builds_chapters_and_only_the_episodes_they_showed(played, tmp_path,
                                                                                        monkeypatch):
-    from refinelib import experiment
-    from refinelib.episodes import EpisodeLog
+    from refinelib.eval import experiment
+    from refinelib.eval.episodes import EpisodeLog
 
     monkeypatch.setenv("REFINELIB_ARTIFACTS", str(tmp_path))
     monkeypatch.delenv("REFINELIB_NOTEBOOK", raising=False)

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from refinelib import chat, dataset
-from refinelib.masking import RecordError
+from refinelib.data import chat, dataset
+from refinelib.schema import RecordError
 
 
 def turn(role, loss, value):

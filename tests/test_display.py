@@ -7,8 +7,9 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from refinelib import display, themes
-from refinelib.teacher import grounded_trajectory
+from refinelib.report import display
+from refinelib.synth import themes
+from refinelib.synth.teacher import grounded_trajectory
 
 HOSTILE = ['<script>alert("x")</script>', "<img src=x onerror=alert(1)>", "a | b",
            "`x` ``` [l](javascript:e)", "*em* _u_ # h", "&amp; &lt;"]

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refinelib import diversity, themes
-from refinelib.episodes import AgentTurn, Episode
+from refinelib.analysis import diversity
+from refinelib.eval.episodes import AgentTurn, Episode
+from refinelib.synth import themes
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from refinelib import runbook
+from refinelib.report import runbook
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "book/run_it_yourself.md", "docs/scaling.md"]
@@ -84,7 +84,8 @@ def check_profile(name: str, problems: list[str], where: str) -> None:
 
 
 def check_notebook_run(args: list[str], problems: list[str], where: str) -> None:
-    """``NB OUT [-p name value]...`` (papermill and refinelib.runbook): the notebook and its parameters."""
+    """``NB OUT [-p name value]...`` (papermill and refinelib.report.runbook): the notebook and its
+    parameters."""
     notebook = args[0]
     check_file(notebook, problems, where)
     if not (ROOT / notebook).is_file():
@@ -116,9 +117,9 @@ def check_python(args: list[str], problems: list[str], where: str) -> None:
             problems.append(f"{where}: no module {module} in this repository")
             return
         check_flags(rest, ("-m", module), problems, where)
-        if module == "refinelib.runbook":
+        if module == "refinelib.report.runbook":
             check_notebook_run(rest, problems, where)
-        if module == "refinelib.train_cli" and "--config" in rest:
+        if module == "refinelib.tune.train_cli" and "--config" in rest:
             check_file(rest[rest.index("--config") + 1], problems, where)
         return
     check_file(args[0], problems, where)
@@ -211,13 +212,14 @@ def test_the_scaling_notes_show_the_paper_training_yaml_as_it_is():
     (".venv/bin/papermill notebooks/00_environments.ipynb out.ipynb -p scales agentboard",
      "-p scales is not a parameter of notebooks/00_environments.ipynb"),
     (".venv/bin/papermill notebooks/00_environment.ipynb out.ipynb", "00_environment.ipynb does not exist"),
-    ("python -m refinelib.runbook notebooks/00_environments.ipynb out.ipynb --profiles paper",
-     "--profiles is not an option of -m refinelib.runbook"),
-    ("accelerate launch --config_file configs/accelerate/zero3.yaml -m refinelib.train_cli",
+    ("python -m refinelib.report.runbook notebooks/00_environments.ipynb out.ipynb --profiles paper",
+     "--profiles is not an option of -m refinelib.report.runbook"),
+    ("accelerate launch --config_file configs/accelerate/zero3.yaml -m refinelib.tune.train_cli",
      "configs/accelerate/zero3.yaml does not exist"),
-    ("accelerate launch --num_nodes 4 -m refinelib.train_cli", "--num_nodes is not an option of accelerate"),
-    ("accelerate launch -m refinelib.train_cli --config configs/paper/train.yaml --learning_rat 1",
-     "--learning_rat is not an option of -m refinelib.train_cli"),
+    ("accelerate launch --num_nodes 4 -m refinelib.tune.train_cli",
+     "--num_nodes is not an option of accelerate"),
+    ("accelerate launch -m refinelib.tune.train_cli --config configs/paper/train.yaml --learning_rat 1",
+     "--learning_rat is not an option of -m refinelib.tune.train_cli"),
     ("pip install -e '.[al]'", "extras {'al'} not in pyproject.toml"),
     ("curl http://example.com", "unknown kind of command 'curl'"),
 ])
@@ -227,6 +229,6 @@ def test_the_checker_catches_what_a_reader_would_trip_on(command, problem):
 
 
 def test_the_checker_accepts_what_exists():
-    good = (".venv/bin/python -m refinelib.runbook notebooks/02_refinement_synthesis.ipynb out.ipynb "
+    good = (".venv/bin/python -m refinelib.report.runbook notebooks/02_refinement_synthesis.ipynb out.ipynb "
             "--profile paper --rehearse -p n_trajectories 8")
     assert check_command("doc", shlex.split(good)) == []

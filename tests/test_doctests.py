@@ -32,7 +32,8 @@ WITH_EXAMPLES = [name for name in MODULES if re.search(r"^\s*>>> ", source(name)
 
 
 def test_the_modules_the_issue_named_have_examples():
-    named = {"refinelib.agent", "refinelib.dataset", "refinelib.ablation", "refinelib.personas",
+    named = {"refinelib.eval.agent", "refinelib.data.dataset", "refinelib.tune.ablation",
+             "refinelib.synth.personas",
              "refinelib.envs.registry", "refinelib.envs.household_gen", "refinelib.envs.pddl_problems",
              "refinelib.envs.household", "refinelib.envs.sciworld"}
     assert named <= set(WITH_EXAMPLES)

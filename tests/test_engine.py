@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from refinelib import evaluate
-from refinelib.agent import instruction
-from refinelib.engine import Engine, EnginePolicy, quantized
-from refinelib.policies import TransformersPolicy, action_complete, local_policy
+from refinelib.eval import evaluate
+from refinelib.eval.agent import instruction
+from refinelib.eval.engine import Engine, EnginePolicy, quantized
+from refinelib.eval.policies import TransformersPolicy, action_complete, local_policy
 from tests.tiny_model import tiny_model, tiny_tokenizer
 
 SYSTEMS = ["You are an agent in a household. Answer in the format Thought: ...\nAction: ...",
@@ -159,7 +159,7 @@ def test_smollm2_episodes_on_the_engine_equal_the_transformers_path():
     """SmolLM2 plays two steps of four real episodes identically on both paths (about a minute)."""
     import torch
 
-    from refinelib import models
+    from refinelib.tune import models
 
     torch.set_num_threads(1)
     model, tok = models.load()

@@ -8,8 +8,9 @@ from env_contract import (
     partial_progress,
 )
 
-from refinelib.envs.base import Outcome, TextEnv, normalize_action
+from refinelib.envs.base import Outcome, TextEnv
 from refinelib.envs.rollout import play
+from refinelib.schema import normalize_action
 
 
 class Counter(TextEnv):

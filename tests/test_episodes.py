@@ -1,6 +1,6 @@
 """Episode logs: round trip, resume keys, and a line cut by a kill."""
 
-from refinelib.episodes import AgentTurn, Episode, EpisodeLog
+from refinelib.eval.episodes import AgentTurn, Episode, EpisodeLog
 
 
 def episode(seed, sample=0, success=False):

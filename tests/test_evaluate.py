@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from refinelib import evaluate
-from refinelib.episodes import EpisodeLog
-from refinelib.policies import OraclePolicy, RandomPolicy, TransformersPolicy
+from refinelib.eval import evaluate
+from refinelib.eval.episodes import EpisodeLog
+from refinelib.eval.policies import OraclePolicy, RandomPolicy, TransformersPolicy
 from tests.tiny_model import tiny_model, tiny_tokenizer
 
 
@@ -206,7 +206,7 @@ def test_an_edit_of_the_agent_loop_sets_the_old_log_aside(tmp_path, monkeypatch)
     log = tmp_path / "e.jsonl"
     _played(log)
     recorded = json.loads(evaluate.identity_path(log).read_text())
-    assert recorded["agent_code"] == runs.code_version("refinelib.agent")
+    assert recorded["agent_code"] == runs.code_version("refinelib.eval.agent")
     monkeypatch.setattr(evaluate, "agent_code", lambda: "edited")
     with pytest.warns(UserWarning, match=r"agent_code: '\w+' -> 'edited'"):
         _played(log)

@@ -5,8 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from refinelib import evaluate, experiment, metrics
-from refinelib.episodes import AgentTurn, Episode, EpisodeLog
+from refinelib.analysis import metrics, reference, tables, taxonomy
+from refinelib.eval import evaluate, experiment
+from refinelib.eval.episodes import AgentTurn, Episode, EpisodeLog
+from refinelib.report import display
 
 
 @pytest.fixture
@@ -120,7 +122,7 @@ def test_a_trained_folder_is_loaded_with_its_adapter_and_named_by_the_model(tmp_
 
 
 def test_a_finished_training_run_is_evaluated_under_the_models_name(artifacts, tmp_path):
-    from refinelib.train import TrainConfig, train
+    from refinelib.tune.train import TrainConfig, train
     from tests.tiny_model import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -147,49 +149,49 @@ def test_main_table_marks_held_in_cells_only_for_memorising_models_and_gives_cis
             for p in ("base", "expert_only")
             for s, split in (("household_held_in", "held_in"), ("pddl", "held_out")) for i in range(4)]
     rows.append({**rows[0], "perturbation": "perturb-v1:R1", "success": True})  # ignored: not original
-    table = experiment.main_table(pd.DataFrame(rows), n_boot=200)
+    table = tables.main_table(pd.DataFrame(rows), n_boot=200)
     held = table.set_index(["policy", "suite"]).held_in
     assert held[("expert_only", "household_held_in")] and held.sum() == 1
     assert (table.success_rate == 50.0).all() and (table.progress_rate == 50.0).all()
     assert (table.n_episodes == 4).all() and (table.success_rate_lo <= 50).all()
     assert table.paper_task.tolist() == ["ALFWorld", "PDDL", "ALFWorld", "PDDL"]
-    shown = experiment.wide(table, order=["expert_only", "base"])
+    shown = tables.wide(table, order=["expert_only", "base"])
     assert shown.index.tolist() == ["expert_only", "base"]
     assert shown.loc["expert_only", "household_held_in"] == "50.0 / 50.0*"
     assert shown.loc["base", "household_held_in"] == "50.0 / 50.0"
     # the held-in cell is left out, and the label says how many suites the mean averages
     assert shown.loc["expert_only", "held-out mean"] == "50.0 / 50.0 (1 suite)"
     assert shown.loc["base", "held-out mean"] == "50.0 / 50.0 (2 suites)"
-    counted = experiment.held_out_mean(table).set_index("policy").suites
+    counted = tables.held_out_mean(table).set_index("policy").suites
     assert counted.to_dict() == {"base": 2, "expert_only": 1}
 
 
 def test_memorised_format_on_another_family_and_under_a_household_perturbation():
     pddl = _episode("pddl", [_turn("take apple 1 from countertop 1"), _turn("pick ball1 rooma left", True),
                              _turn("go to countertop 1"), _turn("take apple 1 from countertop 1")])
-    assert experiment.memorised_format_steps(pddl) == [0, 2, 3]
+    assert taxonomy.memorised_format_steps(pddl) == [0, 2, 3]
     babyai = _episode("babyai", [_turn("go to red ball 1"), _turn("move apple 1 to fridge 1")])
-    assert experiment.memorised_format_steps(babyai) == [1]  # "go to <id>" is BabyAI's own command
+    assert taxonomy.memorised_format_steps(babyai) == [1]  # "go to <id>" is BabyAI's own command
     r1 = _episode("household", [_turn("take apple 1 from countertop 1"),
                                 _turn("from countertop 1 take apple 1", True, "You pick up the apple 1."),
                                 _turn("from countertop 2 take apple 1")], perturbation="perturb-v1:R1")
-    assert experiment.memorised_format_steps(r1) == [0]  # only the old format, not a new-format mistake
+    assert taxonomy.memorised_format_steps(r1) == [0]  # only the old format, not a new-format mistake
     original = _episode("household", [_turn("take apple 1 from countertop 1")])
-    assert experiment.memorised_format_steps(original) == []
+    assert taxonomy.memorised_format_steps(original) == []
 
 
 def test_repeated_failed_action_needs_three_rejections_of_the_same_action():
     turns = [_turn("open box"), _turn("look", True, "A room."), _turn("open box."), _turn("take key"),
              _turn("open  box"), _turn("take key"), _turn(None)]
     episode = _episode("textadventure", turns)
-    assert experiment.repeated_failed_actions(episode) == {"open box": [0, 2, 4]}
-    assert experiment.repeated_failed_actions(episode, min_repeats=2) == {"open box": [0, 2, 4],
+    assert taxonomy.repeated_failed_actions(episode) == {"open box": [0, 2, 4]}
+    assert taxonomy.repeated_failed_actions(episode, min_repeats=2) == {"open box": [0, 2, 4],
                                                                           "take key": [3, 5]}
-    found = experiment.failure_modes([episode, _episode("pddl", [_turn("look", True, "x")], policy="q")])
+    found = taxonomy.failure_modes([episode, _episode("pddl", [_turn("look", True, "x")], policy="q")])
     assert found[["policy", "mode", "action", "n_steps", "steps"]].to_dict("records") == [
         {"policy": "m", "mode": "repeated failed action", "action": "open box", "n_steps": 3,
          "steps": [0, 2, 4]}]
-    rates = experiment.failure_mode_rates([episode, _episode("pddl", [], policy="m", suite="pddl")], found,
+    rates = taxonomy.failure_mode_rates([episode, _episode("pddl", [], policy="m", suite="pddl")], found,
                                           by=["policy"])
     assert rates["repeated failed action rate"].tolist() == [0.5]
     assert rates["memorised format rate"].tolist() == [0.0]
@@ -197,30 +199,30 @@ def test_repeated_failed_action_needs_three_rejections_of_the_same_action():
 
 def test_transcript_marks_steps_and_shows_taxonomy_labels():
     episode = _episode("pddl", [_turn("take apple 1 from countertop 1"), _turn(None)])
-    text = experiment.render_episode(episode, mark=[0])
+    text = display.render_episode(episode, mark=[0])
     assert ">> step 1 [invalid_action]" in text and "   step 2 [format_error]" in text
     assert "Action: (none: Thought: x Action: None)" in text
-    assert experiment.render_episode(episode, max_turns=1).endswith("... 1 more steps")
+    assert display.render_episode(episode, max_turns=1).endswith("... 1 more steps")
 
 
 def test_paper_tables_are_labelled_and_reproduce_the_papers_averages():
-    main = experiment.paper_main_table()
+    main = reference.paper_main_table()
     assert "paper" in main.attrs["source"] and len(main) == 14 * 5
     refine = main[main.model == "AgentRefine (L3-8B)"]
     assert round(refine.success_rate.mean(), 1) == 24.7 and round(refine.progress_rate.mean(), 1) == 45.4
     flan = main[main.model == "Agent-FLAN (L3-8B)"].set_index("task").held_in
     assert flan["ALFWorld"] and not flan.drop("ALFWorld").any()
     assert main[(main.model == "AgentGen (L3-8B)") & (main.task == "SciWorld")].success_rate.isna().all()
-    shown = experiment.paper_wide(["Agent-FLAN (L3-8B)", "AgentRefine (L3-8B)"])
+    shown = reference.paper_wide(["Agent-FLAN (L3-8B)", "AgentRefine (L3-8B)"])
     assert shown.loc["Agent-FLAN (L3-8B)", "ALFWorld"] == "67.2 / 79.7*"
     assert shown.loc["AgentRefine (L3-8B)", "mean"] == "24.7 / 45.4"  # method.md §15.1
     assert shown.loc["AgentRefine (L3-8B)", "tasks in mean"] == 5
     # AgentGen has numbers for 3 of the 5 tasks: its mean says so instead of passing for a five-task mean
-    agentgen = experiment.paper_wide(["AgentGen (L3-8B)"]).loc["AgentGen (L3-8B)"]
+    agentgen = reference.paper_wide(["AgentGen (L3-8B)"]).loc["AgentGen (L3-8B)"]
     assert agentgen["tasks in mean"] == 3 and agentgen["mean"] == "20.4 / 35.2"
     assert "five-task mean" not in shown.columns
     assert "paper" in shown.attrs["source"]
-    rob = experiment.paper_robustness_table()
+    rob = reference.paper_robustness_table()
     assert "paper" in rob.attrs["source"]
     settings = ["original", "P1", "P2", "P3", "P4", "P5"]
     ours = metrics.robustness_summary(
@@ -232,7 +234,7 @@ def test_paper_tables_are_labelled_and_reproduce_the_papers_averages():
 
 
 def test_short_rule_names():
-    assert experiment.short_rule("none") == "original" and experiment.short_rule("perturb-v1:R5") == "R5"
+    assert tables.short_rule("none") == "original" and tables.short_rule("perturb-v1:R5") == "R5"
 
 
 def test_settings_sidecar_records_the_model_and_the_versions_of_what_was_played(artifacts):
@@ -262,7 +264,7 @@ def test_an_endpoint_model_is_evaluated_into_the_main_table(artifacts, monkeypat
         assert all(r.get("temperature", 0) == 0 for r in server.requests)  # greedy, like the local rows
     served = [e for e in episodes if e.policy == "served"]
     assert len(served) == 1 and [t.action for t in served[0].turns] == ["check valid actions"] * 2
-    table = experiment.main_table(metrics.episode_table(episodes))
+    table = tables.main_table(metrics.episode_table(episodes))
     assert {"served", "oracle"} <= set(table["policy"])
     for path in experiment.episodes_path("default", "served").parent.iterdir():
         assert "hunter2" not in path.read_text() and "sk-test-endpoint" not in path.read_text()
@@ -306,7 +308,8 @@ def test_best_of_n_through_an_endpoint_samples_with_seeds(artifacts, monkeypatch
     ones at the chapter's temperature, each sample with its own seed (so a re-run asks the same)."""
     from fake_openai import FakeOpenAI
 
-    from refinelib import ablation
+    from refinelib.analysis import tables
+    from refinelib.eval import experiment
 
     monkeypatch.setenv("REFINELIB_TEST_KEY", "sk-test")
     with FakeOpenAI(lambda request: "Thought: list.\nAction: check valid actions") as server:
@@ -320,5 +323,5 @@ def test_best_of_n_through_an_endpoint_samples_with_seeds(artifacts, monkeypatch
         requests = list(server.requests)
     assert [r.get("temperature") for r in requests] == [0.0, 0.7, 0.7, 0.7]
     assert "seed" not in requests[0] and len({r["seed"] for r in requests[1:]}) == 3
-    table = ablation.best_of_n_table(metrics.episode_table(greedy), metrics.episode_table(sampled))
+    table = tables.best_of_n_table(metrics.episode_table(greedy), metrics.episode_table(sampled))
     assert table.loc[0, "n_samples"] == 3 and table.loc[0, "policy"] == "gpt-4o"

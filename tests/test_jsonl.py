@@ -7,7 +7,7 @@ import json
 import pytest
 
 from refinelib import jsonl
-from refinelib.synthesis import SAMPLES_FILE, SynthesisConfig, load_run, synthesize
+from refinelib.synth.synthesis import SAMPLES_FILE, SynthesisConfig, load_run, synthesize
 
 # Characters of 1, 2, 3 and 4 UTF-8 bytes: a kill can land inside each multi-byte one.
 TEXTS = ["plain ascii", "café crème", "日本語のテキスト", "emoji 🙂🚀"]

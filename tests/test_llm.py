@@ -1,4 +1,4 @@
-"""refinelib.llm against a real local HTTP server (tests/fake_openai.py): cache, retries, ledger."""
+"""refinelib.synth.llm against a real local HTTP server (tests/fake_openai.py): cache, retries, ledger."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pickle
 import pytest
 from fake_openai import FakeOpenAI, Fault, malformed, rate_limited, server_error, slow
 
-from refinelib.llm import LLMClient, LLMConfig, LLMError, Request
+from refinelib.synth.llm import LLMClient, LLMConfig, LLMError, Request
 
 SECRET = "sk-test-SECRET123"
 
@@ -248,8 +248,8 @@ def test_bad_requests_are_refused_before_any_call(tmp_path):
 
 
 def test_credentials_in_base_url_are_used_but_never_stored_or_shown(tmp_path, caplog):
-    from refinelib.llm import redact_url
-    from refinelib.synthesis import SynthesisConfig, synthesize
+    from refinelib.synth.llm import redact_url
+    from refinelib.synth.synthesis import SynthesisConfig, synthesize
 
     caplog.set_level(logging.DEBUG)
     with FakeOpenAI() as server:

@@ -64,7 +64,7 @@ def _reruns(tree: Path, *args: str) -> set[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "REFINELIB_ARTIFACTS", "MAKEFLAGS")}
     done = subprocess.run(["make", "-n", "book", *args], cwd=tree, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    return set(re.findall(r"-m refinelib\.runbook notebooks/(\S+)\.ipynb", done.stdout))
+    return set(re.findall(r"-m refinelib\.report\.runbook notebooks/(\S+)\.ipynb", done.stdout))
 
 
 def _edit(path: Path, old: str | None = None, new: str = "") -> None:
@@ -83,7 +83,7 @@ def test_a_teacher_prompt_edit_reruns_the_synthesis_and_everything_after_it(tree
     assert _chapters("02", "03", "04", "08", "09") <= _reruns(tree) == PROMPT_CHAPTERS
 
 
-@pytest.mark.parametrize("data_file", ["refinelib/data/personas.yaml",
+@pytest.mark.parametrize("data_file", ["refinelib/synth/personas.yaml",
                                        "refinelib/envs/pddl_domains/gripper.pddl"])
 def test_a_package_data_file_is_a_dependency(tree, data_file):
     _edit(tree / data_file, new="\n")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny_model import tiny_model, tiny_tokenizer
 
-from refinelib.masking import (
+from refinelib.tune.masking import (
     IGNORE_INDEX,
     NoSupervisedTokens,
     RecordError,

@@ -5,8 +5,9 @@ from html.parser import HTMLParser
 import pytest
 from test_masking import FIX, GOOD, TEMPLATES, WRONG, record, tokenizer_for
 
-from refinelib import chat, maskview, teacher, themes
-from refinelib.masking import IGNORE_INDEX, NoSupervisedTokens, render
+from refinelib.synth import conversation, teacher, themes
+from refinelib.tune import maskview
+from refinelib.tune.masking import IGNORE_INDEX, NoSupervisedTokens, render
 
 
 class Spans(HTMLParser):
@@ -41,7 +42,7 @@ def grounded_record():
     """A grounded-teacher conversation that contains an erroneous turn."""
     for seed in range(20):
         script = themes.generate_script(seed)
-        rec = chat.to_conversation(script, teacher.grounded_trajectory(script, seed, 0.5), f"g{seed}")
+        rec = conversation.to_conversation(script, teacher.grounded_trajectory(script, seed, 0.5), f"g{seed}")
         if any(t["from"] == "gpt" and not t["loss"] for t in rec["conversations"]):
             return rec
     raise AssertionError("no grounded trajectory with an error in 20 seeds")

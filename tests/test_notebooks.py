@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import nbformat
 import pytest
 
-from refinelib import runbook
+from refinelib.report import runbook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -186,7 +186,8 @@ def files_containing(folder: Path, secret: str) -> list[str]:
 
 
 def test_an_llm_client_run_writes_the_key_to_no_file(tmp_path):
-    """The synthesis chapter with an LLM writing the thoughts builds a real refinelib.llm client from the
+    """The synthesis chapter with an LLM writing the thoughts builds a real refinelib.synth.llm client from
+    the
     fake key in the environment, against a local OpenAI-compatible server (whose first answer is an error
     that echoes the key). The key reaches the server, and no file the run wrote: the executed notebook, its
     run record, the samples, the datasets, the LLM cache, the manifests."""

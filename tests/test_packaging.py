@@ -90,7 +90,7 @@ def test_make_book_reruns_a_changed_notebook_and_everything_downstream(tmp_path)
     def reruns() -> list[str]:
         out = subprocess.run(["make", "-n", "book"], cwd=tmp_path, capture_output=True, text=True, check=True)
         return [line.split()[3].split("/")[-1].removesuffix(".ipynb") for line in out.stdout.splitlines()
-                if "refinelib.runbook" in line]
+                if "refinelib.report.runbook" in line]
 
     assert reruns() == []
     (tmp_path / "configs" / "default").mkdir(parents=True)

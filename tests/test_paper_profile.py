@@ -1,7 +1,7 @@
 """`PROFILE=paper` is consistent, and a rehearsal of it runs every chapter on the CPU.
 
 The rehearsal is the paper profile (configs/paper/) with two kinds of change only, made by
-`refinelib.runbook.rehearsal_parameters`: tiny sizes (`runbook.REHEARSAL_SIZES`: instances, steps,
+`refinelib.report.runbook.rehearsal_parameters`: tiny sizes (`runbook.REHEARSAL_SIZES`: instances, steps,
 trajectories, tokens) and other models (a tiny Llama saved to a temporary folder as the base model, and
 a teacher served over real HTTP by tests/fake_openai.py on 127.0.0.1). Everything else is the paper's,
 with `smoke = False`: the LLM teacher path, full fine-tuning of every ablation variant, AgentBoard-scale
@@ -23,11 +23,12 @@ from papermill.exceptions import PapermillExecutionError
 from test_accelerate_configs import launcher_env
 from tiny_model import tiny_model, tiny_tokenizer
 
-from refinelib import runbook, themes
 from refinelib.paths import cache_dir
-from refinelib.teacher import grounded_trajectory
-from refinelib.train import _training_arguments
-from refinelib.train_cli import load_config
+from refinelib.report import runbook
+from refinelib.synth import themes
+from refinelib.synth.teacher import grounded_trajectory
+from refinelib.tune.train import _training_arguments
+from refinelib.tune.train_cli import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

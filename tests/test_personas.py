@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from refinelib import personas
-from refinelib.personas import Persona, generate, load_persona_hub, pool_size, sample
+from refinelib.synth import personas
+from refinelib.synth.personas import Persona, generate, load_persona_hub, pool_size, sample
 
 
 def test_pool_is_large_and_sentences_read_like_persona_hub():

@@ -10,12 +10,12 @@ import functools
 
 import pytest
 
-from refinelib import perturb
-from refinelib.agent import EpisodeState, instruction
+from refinelib.envs import perturb
 from refinelib.envs.base import CHECK_VALID_ACTIONS, BackendMissing
+from refinelib.envs.perturb import PERTURB_VERSION, RULES, PerturbedEnv, get_rule, rule_names
 from refinelib.envs.registry import make_instance, suite
 from refinelib.envs.rollout import play
-from refinelib.perturb import PERTURB_VERSION, RULES, PerturbedEnv, get_rule, rule_names
+from refinelib.eval.agent import EpisodeState, instruction
 
 # A few small instances per family, chosen to cover the command grammar (household: clean, heat, use).
 INSTANCES = {

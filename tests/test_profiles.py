@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from refinelib.runbook import notebook_parameters, profile_parameters
+from refinelib.report.runbook import notebook_parameters, profile_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted(p.name for p in (ROOT / "configs").iterdir() if p.is_dir() and p.name != "accelerate")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from refinelib import runbook
+from refinelib.report import runbook
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "notebooks" / "00_environments.ipynb"

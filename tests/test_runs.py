@@ -121,11 +121,11 @@ def test_code_version_changes_with_the_code_and_not_with_the_location(tmp_path):
 
 def test_code_version_of_modules_and_packages():
     import refinelib.envs
-    import refinelib.teacher
+    import refinelib.synth.teacher
 
-    assert runs.code_version("refinelib.teacher") == runs.code_version(refinelib.teacher)
+    assert runs.code_version("refinelib.synth.teacher") == runs.code_version(refinelib.synth.teacher)
     assert runs.code_version("refinelib.envs") == runs.code_version(refinelib.envs)  # every *.py under it
-    assert runs.code_version("refinelib.teacher") != runs.code_version("refinelib.envs")
+    assert runs.code_version("refinelib.synth.teacher") != runs.code_version("refinelib.envs")
     with pytest.raises(ModuleNotFoundError):
         runs.code_version("refinelib.no_such_module")
     with pytest.raises(ValueError, match="at least one"):

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from refinelib import agent, chat, expert, jsonl, runs
-from refinelib.synthesis import SAMPLES_FILE, SynthesisConfig, digest, load_run, summary, synthesize
-from refinelib.teacher import replay_check
-from refinelib.verify import FLAGS, verify
+from refinelib import jsonl, runs
+from refinelib.data import chat
+from refinelib.eval import agent, expert
+from refinelib.schema import FLAGS
+from refinelib.synth.synthesis import SAMPLES_FILE, SynthesisConfig, digest, load_run, summary, synthesize
+from refinelib.synth.teacher import replay_check
+from refinelib.synth.verify import verify
 
 
 def test_grounded_run_accepts_verified_replayable_trajectories(tmp_path):
@@ -64,7 +67,7 @@ def test_bad_config_names_the_field(field, value):
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from refinelib.synthesis import SynthesisConfig, synthesize
+    from refinelib.synth.synthesis import SynthesisConfig, synthesize
     synthesize(SynthesisConfig(n=int(sys.argv[2]), seed=1), sys.argv[1], progress=False)
 """)
 
@@ -134,7 +137,7 @@ def test_the_expert_searches_for_the_object_instead_of_walking_to_where_the_plan
 
 
 def test_the_planner_expert_walks_straight_to_the_object(tmp_path):
-    from refinelib.evaluate import run
+    from refinelib.eval.evaluate import run
 
     searching, planner = (run(expert.ExpertPolicy(search=s), [expert.training_suite(4)], progress_bar=False)
                           for s in (True, False))
@@ -160,8 +163,8 @@ def test_samples_made_by_other_code_or_prompts_are_set_aside_and_made_again(tmp_
     first = synthesize(SynthesisConfig(n=3), tmp_path, progress=False)
     config_file = tmp_path / "config.json"
     saved = json.loads(config_file.read_text())
-    assert saved["code"] == runs.code_version("refinelib.teacher", "refinelib.themes", "refinelib.world",
-                                              "refinelib.verify")
+    assert saved["code"] == runs.code_version("refinelib.synth.teacher", "refinelib.synth.themes",
+                                              "refinelib.synth.world", "refinelib.synth.verify")
     assert saved["prompts"] == {}  # the grounded teacher uses no prompt; an LLM teacher records its own
     assert set(SynthesisConfig(teacher="openai").identity({})["prompts"]) == {
         "synth_script", "synth_trajectory", "synth_continue"}

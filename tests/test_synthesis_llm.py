@@ -15,11 +15,12 @@ import re
 import pytest
 from fake_openai import FakeOpenAI, rate_limited, server_error, slow, words
 
-from refinelib import themes
-from refinelib.llm import LLMClient, LLMConfig
-from refinelib.synthesis import SynthesisConfig, load_run, persona_pool, summary, synthesize
-from refinelib.teacher import grounded_trajectory, replay_check
-from refinelib.verify import FLAGS, verify
+from refinelib.schema import FLAGS
+from refinelib.synth import themes
+from refinelib.synth.llm import LLMClient, LLMConfig
+from refinelib.synth.synthesis import SynthesisConfig, load_run, persona_pool, summary, synthesize
+from refinelib.synth.teacher import grounded_trajectory, replay_check
+from refinelib.synth.verify import verify
 
 SCENARIOS = ["good", "bad_script_json", "wrong_keys_then_rest", "flag_mismatch", "too_few_errors_then_good",
              "rate_limit_and_500", "timeout", "fenced_good"]

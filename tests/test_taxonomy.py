@@ -4,9 +4,15 @@ import random
 
 import pytest
 
-from refinelib.episodes import AgentTurn, Episode
-from refinelib.metrics import KEY_COLUMNS, episode_metrics, loop_steps
-from refinelib.taxonomy import CATEGORIES, FAILURE_MODES, classify_steps, taxonomy_summary, taxonomy_table
+from refinelib.analysis.metrics import KEY_COLUMNS, episode_metrics, loop_steps
+from refinelib.analysis.taxonomy import (
+    CATEGORIES,
+    FAILURE_MODES,
+    classify_steps,
+    taxonomy_summary,
+    taxonomy_table,
+)
+from refinelib.eval.episodes import AgentTurn, Episode
 
 
 def turn(action, valid=False, progress=0.0, observation="Nothing happens."):

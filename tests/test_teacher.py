@@ -10,9 +10,10 @@ from collections import Counter
 
 import pytest
 
-from refinelib.teacher import grounded_trajectory, replay_check, replay_record
-from refinelib.themes import generate_script
-from refinelib.world import FLAGS, GOAL_DONE, World
+from refinelib.schema import FLAGS
+from refinelib.synth.teacher import grounded_trajectory, replay_check, replay_record
+from refinelib.synth.themes import generate_script
+from refinelib.synth.world import GOAL_DONE, World
 
 PLAYER_KEYS = {"turn", "role", "Thought", "Action"}
 DM_KEYS = {"turn", "role", "Thought", "Observation", *FLAGS}
@@ -105,8 +106,8 @@ def test_deterministic_across_processes():
     script = generate_script(5)
     assert grounded_trajectory(script, 1) == grounded_trajectory(script, 1)
     assert grounded_trajectory(script, 1) != grounded_trajectory(script, 2)
-    code = ("import json, hashlib; from refinelib.themes import generate_script as g; "
-            "from refinelib.teacher import grounded_trajectory as t; "
+    code = ("import json, hashlib; from refinelib.synth.themes import generate_script as g; "
+            "from refinelib.synth.teacher import grounded_trajectory as t; "
             "print(hashlib.sha256(json.dumps([t(g(s), s) for s in range(10)]).encode()).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")}
@@ -114,7 +115,7 @@ def test_deterministic_across_processes():
 
 
 def test_verifier_accepts_grounded_trajectories(cases):
-    verify = pytest.importorskip("refinelib.verify")
+    verify = pytest.importorskip("refinelib.synth.verify")
     for script, trajectory in cases:
         verdict = verify.verify(script, trajectory, goal_check=replay_check)
         assert verdict.ok and verdict.error_episodes >= 2, verdict
@@ -125,7 +126,7 @@ def test_verifier_accepts_grounded_trajectories(cases):
 
 
 def test_replay_record_checks_the_converted_record_not_the_teacher():
-    from refinelib.chat import to_conversation
+    from refinelib.synth.conversation import to_conversation
 
     script = generate_script(11)
     record = to_conversation(script, grounded_trajectory(script, seed=11), "r11")

@@ -11,9 +11,9 @@ import torch
 from tiny_model import CORPUS, tiny_model, tiny_tokenizer
 from transformers import TrainerCallback
 
-import refinelib.train
-from refinelib.masking import IGNORE_INDEX, render, render_many
-from refinelib.train import (
+import refinelib.tune.train
+from refinelib.tune.masking import IGNORE_INDEX, render, render_many
+from refinelib.tune.train import (
     PaddedCollator,
     TrainConfig,
     check_padding_free,
@@ -148,7 +148,7 @@ def test_lora_changes_every_adapter_and_no_base_weight(lora_run, tiny_dir):
     for name, before in snapshot.params.items():
         changed = not torch.equal(before, now[name])
         assert changed == (name in snapshot.trainable), name
-    base, _ = refinelib.models.load(tiny_dir)
+    base, _ = refinelib.tune.models.load(tiny_dir)
     merged = result.model.get_base_model().state_dict()
     for name, weight in base.state_dict().items():  # base_layer weights inside the LoRA wrappers too
         wrapped = name.replace(".weight", ".base_layer.weight")
@@ -190,7 +190,7 @@ def test_saved_adapter_and_merged_weights_reload_with_the_same_logits(lora_run):
     assert type(model).__name__ == "PeftModelForCausalLM"
     assert tokenizer.chat_template == result.tokenizer.chat_template
     torch.testing.assert_close(logits(model, tokenizer), expected, rtol=0, atol=1e-5)
-    merged, _ = refinelib.models.load(result.merged_dir)
+    merged, _ = refinelib.tune.models.load(result.merged_dir)
     torch.testing.assert_close(logits(merged, tokenizer), expected, rtol=0, atol=1e-4)
 
 
@@ -212,8 +212,8 @@ def test_full_fine_tuning_changes_every_weight_tensor(tiny_dir, tmp_path):
 def test_erroneous_turns_receive_no_gradient(tiny_dir, padding_free):
     """d loss / d logits is zero wherever the next token belongs to the erroneous turn (and non-zero on the
     refinement turn); with policy erroneous_loss the same positions do get a gradient."""
-    tokenizer = refinelib.models.load_tokenizer(tiny_dir)
-    model, _ = refinelib.models.load(tiny_dir)
+    tokenizer = refinelib.tune.models.load_tokenizer(tiny_dir)
+    model, _ = refinelib.tune.models.load(tiny_dir)
     wrong = tokenizer(ERRONEOUS.format(place="table"), add_special_tokens=False)["input_ids"]
     for policy, expect_signal in [("refine", False), ("erroneous_loss", True)]:
         examples, _ = render_many([episode(i) for i in range(4, 8)], tokenizer, policy=policy)
@@ -242,8 +242,8 @@ def test_erroneous_turns_receive_no_gradient(tiny_dir, padding_free):
 
 
 def test_padding_free_trains_like_padded_batches(tiny_dir, tmp_path):
-    tokenizer = refinelib.models.load_tokenizer(tiny_dir)
-    model, _ = refinelib.models.load(tiny_dir)
+    tokenizer = refinelib.tune.models.load_tokenizer(tiny_dir)
+    model, _ = refinelib.tune.models.load(tiny_dir)
     examples, _ = render_many([episode(i) for i in range(3)], tokenizer)
     assert check_padding_free(model, examples) < 1e-5
     # the packed run also checkpoints activations (LoRA + non-reentrant checkpointing): same losses
@@ -305,12 +305,12 @@ def test_collator_pads_labels_with_ignore_index_and_docstrings_run():
         n = len(f["input_ids"])
         assert batch["labels"][row, :n].tolist() == f["labels"]
         assert (batch["labels"][row, n:] == IGNORE_INDEX).all() and batch["attention_mask"][row].sum() == n
-    assert doctest.testmod(refinelib.train).failed == 0
+    assert doctest.testmod(refinelib.tune.train).failed == 0
 
 
 @pytest.mark.parametrize("top, expected_layers", [(None, {0, 1}), (0, {0, 1}), (1, {1})])
 def test_lora_top_layers_works_with_all_linear_targets(top, expected_layers):
-    from refinelib.train import _apply_lora
+    from refinelib.tune.train import _apply_lora
 
     tok = tiny_tokenizer()
     config = TrainConfig(train_records=[{"id": "a", "conversations": [
@@ -327,10 +327,10 @@ def test_lora_top_layers_works_with_all_linear_targets(top, expected_layers):
 def test_supervised_loss_equals_the_models_loss_without_full_vocabulary_logits(tiny_dir, padding_free):
     """The LM head runs only where a label is supervised: same loss and LoRA gradients (to 1e-5), and the
     logits it makes cover exactly the supervised positions."""
-    from refinelib.train import _apply_lora, supervised_loss
+    from refinelib.tune.train import _apply_lora, supervised_loss
 
-    tokenizer = refinelib.models.load_tokenizer(tiny_dir)
-    model, _ = refinelib.models.load(tiny_dir)
+    tokenizer = refinelib.tune.models.load_tokenizer(tiny_dir)
+    model, _ = refinelib.tune.models.load(tiny_dir)
     model = _apply_lora(model, config(tiny_dir, "unused"))
     examples, _ = render_many([episode(i) for i in range(5)], tokenizer)
     collate = padding_free_collator() if padding_free else PaddedCollator(tokenizer.pad_token_id)
@@ -359,7 +359,7 @@ def test_new_path_trains_exactly_like_full_logits_on_whole_batches(tiny_dir, tmp
                                                                     grad_accumulation):
     """Default train() (supervised logits only, micro-batches of one on a CPU) against the path before it
     (full logits, the whole padded batch in one pass): the same losses step by step, the same weights."""
-    from refinelib.train import micro_batch_size
+    from refinelib.tune.train import micro_batch_size
 
     common = dict(batch_size=batch_size, grad_accumulation=grad_accumulation, epochs=1, lora_dropout=0.0)
     new = config(tiny_dir, tmp_path / "new", **common)
@@ -376,7 +376,7 @@ def test_new_path_trains_exactly_like_full_logits_on_whole_batches(tiny_dir, tmp
 
 
 def test_num_threads_is_applied_during_training_and_restored_after(tiny_dir, tmp_path):
-    from refinelib.train import threads
+    from refinelib.tune.train import threads
 
     seen = []
 

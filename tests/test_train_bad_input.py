@@ -10,9 +10,10 @@ import textwrap
 import pytest
 from test_train import Crash, config, episode, tiny_dir, write_jsonl  # noqa: F401 (tiny_dir is a fixture)
 
-from refinelib import models, runs
-from refinelib.train import TrainConfig, train
-from refinelib.train_cli import FIELDS, load_config, main, parser
+from refinelib import runs
+from refinelib.tune import models
+from refinelib.tune.train import TrainConfig, train
+from refinelib.tune.train_cli import FIELDS, load_config, main, parser
 
 GOOD = dict(train_file="train.jsonl")
 

@@ -1,4 +1,5 @@
-"""The command line `accelerate launch -m refinelib.train_cli` runs: YAML + flags -> TrainConfig -> train."""
+"""The command line `accelerate launch -m refinelib.tune.train_cli` runs: YAML + flags -> TrainConfig ->
+train."""
 
 import json
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_train import episode, tiny_dir, write_jsonl  # noqa: F401 (tiny_dir is a fixture)
 
-from refinelib.train_cli import load_config, main
+from refinelib.tune.train_cli import load_config, main
 
 
 def test_yaml_then_flags_with_yaml_typed_values(tmp_path):

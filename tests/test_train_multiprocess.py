@@ -3,7 +3,8 @@
 `accelerate launch` starts several CPU processes only through mpirun, so the two processes come from
 `torch.distributed.run` (torchrun), which sets the same RANK / WORLD_SIZE / MASTER_* variables the
 accelerate launcher sets; the Trainer then runs DistributedDataParallel over gloo. The command line is
-the paper's, `python -m refinelib.train_cli --config configs/paper/train_refine.yaml`, with only the model,
+the paper's, `python -m refinelib.tune.train_cli --config configs/paper/train_refine.yaml`, with only the
+model,
 the data paths and the sizes replaced (the paper's full fine-tuning, bf16, gradient checkpointing,
 accumulation and schedule all stay on).
 """
@@ -22,9 +23,9 @@ import pandas as pd
 import pytest
 from test_train import episode, tiny_dir, write_jsonl  # noqa: F401 (tiny_dir is a fixture)
 
-from refinelib.masking import render_many
-from refinelib.models import load_tokenizer
-from refinelib.train_cli import load_config
+from refinelib.tune.masking import render_many
+from refinelib.tune.models import load_tokenizer
+from refinelib.tune.train_cli import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper" / "train_refine.yaml"
@@ -36,7 +37,7 @@ def launch(tmp: Path, tiny: str, logs: str) -> subprocess.CompletedProcess:
     """torchrun with 2 CPU processes on the paper's YAML; every rank's output goes to ``tmp/logs/...``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(RANKS),
                "--log-dir", str(tmp / logs), "--redirects", "3",
-               "-m", "refinelib.train_cli", "--config", str(PAPER),
+               "-m", "refinelib.tune.train_cli", "--config", str(PAPER),
                "--base_model", tiny, "--train_file", str(tmp / "train.jsonl"),
                "--validation_file", str(tmp / "validation.jsonl"), "--output_dir", str(tmp / "run"),
                "--max_length", "512", "--save_steps", "1", "--eval_steps", "1", "--logging_steps", "1"]

@@ -14,10 +14,11 @@ within 64 tokens (measured). A run long enough to *teach* the format is minutes 
 
 import pytest
 
-from refinelib import agent, chat, teacher, themes
 from refinelib.envs import make_instance, suite
-from refinelib.policies import TransformersPolicy
-from refinelib.train import TrainConfig, load_trained, train
+from refinelib.eval import agent
+from refinelib.eval.policies import TransformersPolicy
+from refinelib.synth import conversation, teacher, themes
+from refinelib.tune.train import TrainConfig, load_trained, train
 
 
 def refinement_records(n: int) -> list[dict]:
@@ -25,7 +26,7 @@ def refinement_records(n: int) -> list[dict]:
     for seed in range(n):
         script = themes.generate_script(seed)
         trajectory = teacher.grounded_trajectory(script, seed, error_rate=0.3)
-        records.append(chat.to_conversation(script, trajectory, f"grounded-{seed}"))
+        records.append(conversation.to_conversation(script, trajectory, f"grounded-{seed}"))
     return records
 
 

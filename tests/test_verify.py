@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from refinelib.verify import (
+from refinelib.synth.verify import (
     EXTRA_REASONS,
     REASONS,
     SCRIPT_REASONS,

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from refinelib import perturb
-from refinelib.themes import HELD_OUT_SHAPES, THEMES, generate_script, shape
-from refinelib.world import FORMAT_ERROR, GOAL_DONE, PLACEHOLDER, World, template_regex
+from refinelib.envs import perturb
+from refinelib.synth.themes import HELD_OUT_SHAPES, THEMES, generate_script, shape
+from refinelib.synth.world import FORMAT_ERROR, GOAL_DONE, PLACEHOLDER, World, template_regex
 
 NO = {"parameter_error": False, "place_error": False, "logic_error": False}
 

@@ -10,10 +10,11 @@ episode bookkeeping. A family implements five small hooks (``_reset``, ``_step``
 from __future__ import annotations
 
 import importlib
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from refinelib.schema import normalize_action
 
 CHECK_VALID_ACTIONS = "check valid actions"
 
@@ -80,12 +81,6 @@ class Outcome:
     won: bool = False
     lost: bool = False
     progress: float | None = None  # current progress; None means "unchanged"
-
-
-def normalize_action(action: str) -> str:
-    """Strip and collapse whitespace; agents often add stray spaces or a trailing period."""
-    action = re.sub(r"\s+", " ", action.strip())
-    return action[:-1].rstrip() if action.endswith(".") else action
 
 
 class TextEnv(ABC):

@@ -31,9 +31,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..paths import cache_dir
-from .base import Instance, Outcome, TextEnv, check_known, require
-from .household_gen import EVAL_FIRST_SEED, TASK_TYPES, generate, replanning_problem, write_game
+from refinelib.envs.base import Instance, Outcome, TextEnv, check_known, require
+from refinelib.envs.household_gen import EVAL_FIRST_SEED, TASK_TYPES, generate, replanning_problem, write_game
+from refinelib.paths import cache_dir
 
 TASKS: tuple[str, ...] = TASK_TYPES
 BACKEND = "alfworld==0.4.2 and textworld[pddl]==1.7.0 (with the Fast Downward build)"
@@ -366,7 +366,7 @@ def instances(
 
 
 if __name__ == "__main__":
-    from .rollout import play
+    from refinelib.envs.rollout import play
 
     for task in TASKS:
         record = play(HouseholdEnv(task), EVAL_FIRST_SEED)

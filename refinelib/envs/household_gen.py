@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..paths import write_atomic
-from .base import require
+from refinelib.envs.base import require
+from refinelib.paths import write_atomic
 
 TASK_TYPES = (
     "pick_and_place_simple",

@@ -17,7 +17,7 @@ import importlib
 import os
 from dataclasses import dataclass
 
-from .base import Instance, TextEnv, check_known
+from refinelib.envs.base import Instance, TextEnv, check_known
 
 # family -> "module:Class"; imported on first use so a missing backend only hurts its own family.
 FAMILIES: dict[str, str] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .base import Reset, Step, TextEnv
+from refinelib.envs.base import Reset, Step, TextEnv
 
 Policy = Callable[[TextEnv], str | None]  # sees the env, returns the next action (None = give up)
 
@@ -80,7 +80,7 @@ def oracle_survey(suites, max_instances: int | None = None, max_steps: int = 200
     import pandas as pd
     from tqdm import tqdm  # plain text bars: no widget dependency in notebooks
 
-    from .registry import make_instance
+    from refinelib.envs.registry import make_instance
 
     jobs = [(s, inst) for s in suites for inst in s.instances[:max_instances]]
     rows, transcripts, envs = [], {}, {}

@@ -48,8 +48,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..paths import cache_dir, write_atomic
-from .base import BackendMissing, Instance, Outcome, TextEnv, check_known, require
+from refinelib.envs.base import BackendMissing, Instance, Outcome, TextEnv, check_known, require
+from refinelib.paths import cache_dir, write_atomic
 
 FAMILY = "sciworld"
 # Short tasks (gold paths of 4-29 steps on the seeds used, either simplification; no mendelian-genetics,

@@ -38,8 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..paths import cache_dir
-from .base import Instance, Outcome, TextEnv, check_known, require
+from refinelib.envs.base import Instance, Outcome, TextEnv, check_known, require
+from refinelib.paths import cache_dir
 
 FAMILY = "textadventure"
 TASKS: tuple[str, ...] = ("treasure_hunter", "coin_collector", "cooking", "custom")

@@ -1,0 +1,174 @@
+"""The variants of the paper's ablation (Table 2), data scaling and held-out losses (method.md §9, §14).
+
+The paper's ablation changes one thing at a time in the refinement data or its loss mask; here each row
+is a :class:`Variant` (which data, which mask policy) trained with :mod:`refinelib.tune.train`::
+
+    from refinelib.tune import ablation
+    records = dataset.load("artifacts/synthesis/default/datasets/refinement", "train")
+    for name in ablation.VARIANTS:                               # refine, no_refinement_loss, ...
+        folder, trained = ablation.train_variant(name, records, out / name, max_steps=20)
+    subsets = ablation.nested_subsets(records, [8, 16, 32])    # 8 ⊂ 16 ⊂ 32, seeded (data scaling)
+    losses = ablation.heldout_losses(model, tokenizer, validation)   # all correct turns, refinement turns
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from refinelib import runs
+from refinelib.data.chat import strip_errors
+from refinelib.synth.synthesis import digest
+
+DATA_FILE = "ablation.json"  # next to a trained variant: its config and the digest of the records it saw
+
+
+# ----- the variants of the paper's Table 2 ------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One row of the paper's ablation: which data and which loss mask."""
+
+    name: str
+    strip_errors: bool  # train on the trajectories with each error and its feedback removed
+    mask_policy: str    # refinelib.tune.masking.POLICIES
+    paper_row: str      # the row's label in the paper's Table 2
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("refine", False, "refine", "AgentRefine"),
+    Variant("no_refinement_loss", False, "no_refinement_loss", "w/o refinement loss"),
+    Variant("strip_errors", True, "refine", "w/o refinement data"),
+    Variant("erroneous_loss", False, "erroneous_loss", "w erroneous loss"),
+)}
+
+
+def variant(name: str) -> Variant:
+    """The variant called ``name`` (one of ``VARIANTS``)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown ablation variant {name!r}; use one of {list(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def variant_records(records: Sequence[Mapping], name: str) -> list[dict]:
+    """The refinement records as variant ``name`` trains on them (stripped of errors for strip_errors)."""
+    chosen = variant(name)
+    return [strip_errors(r) if chosen.strip_errors else dict(r) for r in records]
+
+
+def nested_subsets(records: Sequence[Mapping], sizes: Sequence[int], seed: int = 0) -> dict[int, list]:
+    """Seeded nested subsets for the data-scaling curve: every smaller subset is a prefix of every larger
+    one (method.md §14: 4k ⊂ 8k ⊂ ...), drawn from one seeded shuffle of ``records``.
+
+    >>> subsets = nested_subsets([{"id": str(i)} for i in range(10)], [2, 5])
+    >>> subsets[2] == subsets[5][:2], len(subsets[5])
+    (True, 5)
+    """
+    bad = [s for s in sizes if not isinstance(s, int) or not 1 <= s <= len(records)]
+    if bad:
+        raise ValueError(f"nested_subsets: sizes {bad} are not between 1 and the {len(records)} records")
+    order = list(records)
+    random.Random(seed).shuffle(order)
+    return {s: order[:s] for s in sorted(set(sizes))}
+
+
+def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
+                  validation_records: Sequence[Mapping] | None = None, **config) -> tuple[Path, bool]:
+    """Train variant ``name`` on the refinement ``records`` into ``output_dir``; reuse a finished model.
+
+    A model is reused when ``output_dir`` holds a finished training with the same config and the same
+    records (their digest is kept in ``ablation.json``); an interrupted identical training resumes; a
+    different earlier training of this function in the folder is set aside (moved to
+    ``<output_dir>.stale-<k>/``, with a warning naming what changed) and the variant trains afresh.
+    A second training into the same folder while one runs raises :class:`refinelib.runs.RunLockedError`.
+
+    Args:
+        name: a key of ``VARIANTS``.
+        records: refinement records in the released schema (the errors are stripped here when the variant
+            asks for it, so every variant sees the same trajectories).
+        output_dir: the model's folder (``adapter/``, ``manifest.json``, ``loss_history.csv``).
+        validation_records: held-out records (transformed like ``records``); None: no validation loss.
+        **config: further :class:`refinelib.tune.train.TrainConfig` fields (``max_steps``,
+        ``learning_rate``...).
+
+    Returns:
+        ``(output_dir, trained)``: ``trained`` is False when an earlier identical training was reused.
+    """
+    from refinelib.tune.train import TrainConfig, train
+
+    chosen = variant(name)
+    out = Path(output_dir)
+    train_records = variant_records(records, name)
+    val_records = variant_records(validation_records, name) if validation_records else None
+    cfg = TrainConfig(train_records=train_records, validation_records=val_records,
+                      eval_fraction=0.0, mask_policy=chosen.mask_policy, output_dir=str(out), **config)
+    identity = {"variant": name, "config": runs.jsonable(cfg.to_dict()), "train": digest(train_records),
+                "validation": digest(val_records or [])}
+    sidecar = out / DATA_FILE
+    with runs.RunLock(out):  # a second training into the same folder fails at once, naming this one's pid
+        previous = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        if previous is not None and previous.get("identity") == identity:
+            if previous.get("finished") and (out / "manifest.json").is_file():
+                return out, False
+        elif previous is not None:  # another training of ours: neither resumed nor mixed with this one
+            diff = runs.describe_changes(_flat(previous.get("identity") or {}), _flat(identity))
+            aside = runs.set_aside_contents(out)
+            warnings.warn(f"{out} held another training of {name} ({diff}); kept as {aside.name}, training "
+                          "again", runs.StaleRunWarning, stacklevel=2)
+        runs.write_json_atomic(sidecar, {"identity": identity, "finished": False}, indent=1)
+        train(cfg)  # resumes an interrupted identical training from its newest checkpoint
+        runs.write_json_atomic(sidecar, {"identity": identity, "finished": True}, indent=1)
+    return out, True
+
+
+def _flat(identity: Mapping) -> dict:
+    """The identity with its ``config`` spread out (``config.learning_rate``): a diff names the field."""
+    config = identity.get("config") if isinstance(identity.get("config"), Mapping) else {}
+    flat = {k: v for k, v in identity.items() if k != "config"}
+    return {**flat, **{f"config.{k}": v for k, v in config.items()}}
+
+
+# ----- held-out losses ----------------------------------------------------------------------------------
+def heldout_losses(model, tokenizer, records: Sequence[Mapping], max_length: int | None = 1024) -> dict:
+    """Mean token loss of ``model`` on held-out refinement ``records``, the same measure for every variant.
+
+    ``loss`` is over every correct assistant turn (the ``refine`` mask: what AgentRefine trains);
+    ``refinement_turn_loss`` over the refinement turns only (the first correct turn after an error: the
+    recovery the paper's ablation is about). Returns both with their supervised token counts
+    (``tokens``, ``refinement_tokens``); a loss is NaN when it has no token.
+    """
+    import torch
+
+    from refinelib.tune.masking import IGNORE_INDEX, NoSupervisedTokens, render
+
+    sums = {"loss": [0.0, 0], "refinement_turn_loss": [0.0, 0]}
+    device = next(model.parameters()).device
+    model.eval()
+    for record in records:
+        trained = render(record, tokenizer, policy="refine", max_length=max_length)
+        try:
+            without = render(record, tokenizer, policy="no_refinement_loss", max_length=max_length).labels
+        except NoSupervisedTokens:  # every trained turn is a refinement turn
+            without = [IGNORE_INDEX] * len(trained.labels)
+        if len(without) != len(trained.labels):  # truncation kept other turns: no refinement split
+            without = None
+        ids = torch.tensor([trained.input_ids], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        targets = torch.tensor(trained.labels[1:], device=device)
+        nll = torch.nn.functional.cross_entropy(logits, targets.clamp(min=0), reduction="none")
+        keep = targets != IGNORE_INDEX
+        sums["loss"][0] += float(nll[keep].sum())
+        sums["loss"][1] += int(keep.sum())
+        if without is not None:
+            refinement = keep & (torch.tensor(without[1:], device=device) == IGNORE_INDEX)
+            sums["refinement_turn_loss"][0] += float(nll[refinement].sum())
+            sums["refinement_turn_loss"][1] += int(refinement.sum())
+    return {"loss": sums["loss"][0] / sums["loss"][1] if sums["loss"][1] else float("nan"),
+            "tokens": sums["loss"][1],
+            "refinement_turn_loss": (sums["refinement_turn_loss"][0] / sums["refinement_turn_loss"][1]
+                                     if sums["refinement_turn_loss"][1] else float("nan")),
+            "refinement_tokens": sums["refinement_turn_loss"][1]}
