@@ -246,7 +246,8 @@ def set_aside_contents(folder: str | Path) -> Path:
 
 
 def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str = "refuse",
-                   files: Iterable[str | Path] = (), *, partial: bool = False) -> None:
+                   files: Iterable[str | Path] = (), *, partial: bool = False,
+                   whole_folder: bool = False) -> None:
     """Make sure the results next to ``sidecar_path`` were made by ``identity``; then record it there.
 
     - No sidecar and none of ``files``: a fresh run, the identity is written.
@@ -263,11 +264,17 @@ def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str
     add to the same artifact (the versions of a suite first played by a later call into the same episode
     log, a caller's model settings next to the policy's), and the recorded fields of other writers are
     kept. After a set aside only the given fields are recorded.
+
+    ``whole_folder=True`` is for a folder that is one result (a trained model: checkpoints, adapter,
+    manifest): everything in the sidecar's folder counts as ``files``, and a set aside moves it all (but
+    the folder's lock) into a sibling ``<folder>.stale-<k>/``.
     """
     if on_mismatch not in ("refuse", "set_aside"):
         raise ValueError(f"on_mismatch must be 'refuse' or 'set_aside', not {on_mismatch!r}")
     sidecar = Path(sidecar_path)
     files = [Path(f) for f in files]
+    if whole_folder and sidecar.parent.is_dir():
+        files += [p for p in sidecar.parent.iterdir() if p.name != LOCK_NAME and p != sidecar]
     new = _normalised(identity)
     if sidecar.is_file():
         try:
@@ -294,7 +301,7 @@ def check_identity(sidecar_path: str | Path, identity: Mapping, on_mismatch: str
     if on_mismatch == "refuse":
         raise StaleRunError(f"{sidecar.parent} holds results of another run: {diff}. Use another run folder, "
                             f"or delete {', '.join(p.name for p in present)} there to start over")
-    kept = set_aside(*present)
+    kept = [set_aside_contents(sidecar.parent)] if whole_folder else set_aside(*present)
     warnings.warn(f"{sidecar.parent}: {', '.join(p.name for p in present)} came from another run ({diff}); "
                   f"kept as {', '.join(p.name for p in kept)}, and the run starts over", StaleRunWarning,
                   stacklevel=2)

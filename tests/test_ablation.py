@@ -166,11 +166,13 @@ def test_train_variant_trains_once_and_reuses(tmp_path):
     assert manifest["config"]["mask_policy"] == "refine"
     assert ablation.train_variant("strip_errors", records, folder, **kwargs) == (folder, False)
     # another training into the folder: the old one is set aside (not resumed, not mixed), naming why
-    with pytest.warns(UserWarning, match=r"another training of strip_errors \(.*train: '\w+' -> '\w+'\)"):
+    with pytest.warns(UserWarning, match=r"another run \(.*train: '\w+' -> '\w+'\)"):
         assert ablation.train_variant("strip_errors", records[:2], folder, **kwargs) == (folder, True)
     aside = tmp_path / "m.stale-1"
     assert json.loads((aside / "manifest.json").read_text()) == manifest and (aside / "adapter").is_dir()
-    assert json.loads((folder / "ablation.json").read_text())["finished"] is True
+    recorded = json.loads((folder / "ablation.json").read_text())
+    assert recorded["variant"] == "strip_errors" and recorded["config.max_steps"] == 1
+    assert (folder / "manifest.json").is_file()
     with pytest.warns(UserWarning, match=r"config.max_steps: 1 -> 2"):
         ablation.train_variant("strip_errors", records[:2], folder, **{**kwargs, "max_steps": 2})
     # a second training into the same folder while one runs fails at once, naming the running one

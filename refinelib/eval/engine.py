@@ -218,8 +218,7 @@ def _prefill_mask(start: int, n: int, group: int, device=None):
 
 class EnginePolicy(TransformersPolicy):
     """:class:`~refinelib.eval.policies.TransformersPolicy` on the :class:`Engine`: the same settings,
-    rendering,
-    stopping and sampling, the same greedy outputs, less work per episode.
+    rendering, stopping and sampling, the same greedy outputs, less work per episode.
 
     * Shared instructions: a chat's first (system) message, rendered alone, is a token prefix of its
       prompt; its keys/values are computed once per distinct system message and copied into each new

@@ -168,11 +168,7 @@ class TransformersPolicy(Policy):
         (merged); ``backend`` as in :func:`local_policy` (None: this class)."""
         from refinelib.tune import models
 
-        model, tokenizer = models.load(name_or_path)
-        if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+        model, tokenizer = models.load(name_or_path, adapter=adapter, merge=True)
         kwargs.setdefault("name", str(adapter or name_or_path))
         return cls(model, tokenizer, **kwargs) if backend is None else local_policy(model, tokenizer, backend,
                                                                                     **kwargs)

@@ -13,9 +13,7 @@ is a :class:`Variant` (which data, which mask policy) trained with :mod:`refinel
 
 from __future__ import annotations
 
-import json
 import random
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,20 +105,13 @@ def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
                       eval_fraction=0.0, mask_policy=chosen.mask_policy, output_dir=str(out), **config)
     identity = {"variant": name, "config": runs.jsonable(cfg.to_dict()), "train": digest(train_records),
                 "validation": digest(val_records or [])}
-    sidecar = out / DATA_FILE
     with runs.RunLock(out):  # a second training into the same folder fails at once, naming this one's pid
-        previous = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-        if previous is not None and previous.get("identity") == identity:
-            if previous.get("finished") and (out / "manifest.json").is_file():
-                return out, False
-        elif previous is not None:  # another training of ours: neither resumed nor mixed with this one
-            diff = runs.describe_changes(_flat(previous.get("identity") or {}), _flat(identity))
-            aside = runs.set_aside_contents(out)
-            warnings.warn(f"{out} held another training of {name} ({diff}); kept as {aside.name}, training "
-                          "again", runs.StaleRunWarning, stacklevel=2)
-        runs.write_json_atomic(sidecar, {"identity": identity, "finished": False}, indent=1)
-        train(cfg)  # resumes an interrupted identical training from its newest checkpoint
-        runs.write_json_atomic(sidecar, {"identity": identity, "finished": True}, indent=1)
+        # another training in the folder (other records, config or variant) is set aside whole, naming
+        # each changed field; the same one resumes from its newest checkpoint, or is reused when finished
+        runs.check_identity(out / DATA_FILE, _flat(identity), "set_aside", whole_folder=True)
+        if (out / "manifest.json").is_file():  # train() writes the manifest last: a finished training
+            return out, False
+        train(cfg)
     return out, True
 
 

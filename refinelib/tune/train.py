@@ -7,7 +7,7 @@ full fine-tuning an option; the same code path runs on a CPU and, through ``acce
 
     from refinelib.tune.train import TrainConfig, train
     result = train(TrainConfig(train_file="artifacts/data/dev/train.jsonl", output_dir="artifacts/train/dev"))
-    result.eval_loss, result.model_dir        # adapter/ (LoRA) or model/ (full), loadable with load_trained
+    result.eval_loss, result.model_dir        # adapter/ (LoRA) or model/ (full); models.load(output_dir)
 
 Speed and memory (issue 10, ``benchmarks/train_speed.py``): the LM head and the loss run only at the
 supervised positions (most of a trajectory is masked context), a batch is split into micro-batches that
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import SchedulerType, get_last_checkpoint
@@ -627,20 +627,9 @@ def write_loss_history(log_history: Sequence[Mapping], path: str | Path) -> Path
 
 
 def load_trained(output_dir: str | Path, dtype=None):
-    """Reload a finished run's model: the base model with its adapter, or the full weights.
-
-    Returns:
-        ``(model, tokenizer)``, the model in eval mode.
-    """
-    output_dir = Path(output_dir)
-    manifest = json.loads((output_dir / "manifest.json").read_text())
-    model_dir = output_dir / manifest["model_dir"]  # stored relative: the run directory can move
-    if manifest["config"]["method"] == "full":
-        return models.load(model_dir, dtype=dtype)
-    model, _ = models.load(manifest["config"]["base_model"], dtype=dtype)
-    model = PeftModel.from_pretrained(model, model_dir)
-    model.eval()
-    return model, models.load_tokenizer(model_dir)
+    """A finished run's model and tokenizer: :func:`refinelib.tune.models.load` of the run folder (kept
+    while notebooks still import it from here)."""
+    return models.load(output_dir, dtype=dtype)
 
 
 def _apply_lora(model, config: TrainConfig):
