@@ -53,10 +53,18 @@ book/executed/%.ipynb: export REFINELIB_NOTEBOOK = $*
 # and is rewritten only when that changes: switching PROFILE re-runs every chapter, editing, adding or
 # removing one chapter's file re-runs that chapter (and those downstream). The `+` runs it under
 # `make -n` too, so that a dry run reports exactly what a real one would do.
+define record_params
++@mkdir -p $(@D); f=$(1); \
+  want="$(PROFILE) $$(if [ -f $$f ]; then cksum < $$f; else echo none; fi)"; \
+  [ "$$(cat $@ 2>/dev/null)" = "$$want" ] || echo "$$want" > $@
+endef
 $(PARAMS): book/executed/.params/%: FORCE
-	+@mkdir -p $(@D); f=configs/$(PROFILE)/$*.yaml; \
-	  want="$(PROFILE) $$(if [ -f $$f ]; then cksum < $$f; else echo none; fi)"; \
-	  [ "$$(cat $@ 2>/dev/null)" = "$$want" ] || echo "$$want" > $@
+	$(call record_params,configs/$(PROFILE)/$*.yaml)
+# The same for the profile's shared episode settings (refinelib.config), which the evaluation chapters read:
+# 01, 04 and 05 always, 06 and 07 when the profile sets their shared_episodes (they follow 05 anyway).
+EPISODES := book/executed/.params/episodes
+$(EPISODES): FORCE
+	$(call record_params,configs/$(PROFILE)/episodes.yaml)
 FORCE:
 
 X := book/executed
@@ -64,6 +72,7 @@ X := book/executed
 # 04-07; synthesis and expert data in 02, 03 and 06); 00 plays the oracle without a prompt, and 08 / 09
 # only read files (they follow every other chapter anyway).
 $(filter $(X)/01_% $(X)/02_% $(X)/03_% $(X)/04_% $(X)/05_% $(X)/06_% $(X)/07_%,$(EXECUTED)): $(PROMPTS)
+$(filter $(X)/01_% $(X)/04_% $(X)/05_% $(X)/06_% $(X)/07_%,$(EXECUTED)): $(EPISODES)
 # synthesis -> tuning -> every evaluation chapter; the diversity chapter also reads the synthesized scripts
 $(filter $(X)/03_%,$(EXECUTED)): $(filter $(X)/02_%,$(EXECUTED))
 $(filter $(X)/01_% $(X)/04_% $(X)/05_% $(X)/06_% $(X)/07_%,$(EXECUTED)): $(filter $(X)/03_%,$(EXECUTED))

@@ -44,7 +44,8 @@ def main() -> None:
 
     from refinelib.eval import evaluate, experiment
     from refinelib.synth.synthesis import SynthesisConfig, synthesize
-    from refinelib.tune.train import TrainConfig, train
+    from refinelib.tune.train import train
+    from refinelib.tune.train_config import TrainConfig
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     out = Path(args.out or tempfile.mkdtemp(prefix="gpu_check_"))

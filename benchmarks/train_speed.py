@@ -109,7 +109,8 @@ def run_one(spec: dict) -> dict:
     import transformers
     from transformers import TrainerCallback
 
-    from refinelib.tune.train import TrainConfig, train
+    from refinelib.tune.train import train
+    from refinelib.tune.train_config import TrainConfig
 
     transformers.logging.set_verbosity_error()
 
@@ -153,7 +154,9 @@ def ceiling(spec: dict) -> dict:
 
     from refinelib.tune import models
     from refinelib.tune.masking import render_many
-    from refinelib.tune.train import TrainConfig, _apply_lora, supervised_loss, threads
+    from refinelib.tune.train import _apply_lora, threads
+    from refinelib.tune.train_config import TrainConfig
+    from refinelib.tune.trainer import supervised_loss
 
     torch.set_num_threads(threads(spec["threads"]))
     records = json.loads(Path(spec["records"]).read_text())

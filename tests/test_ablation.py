@@ -9,19 +9,13 @@ import pytest
 
 from refinelib.analysis import reference, tables
 from refinelib.eval import experiment
-from refinelib.synth import conversation, teacher, themes
+from refinelib.synth.smoke import grounded_records
 from refinelib.tune import ablation
 from refinelib.tune.masking import POLICIES
 
 
 def refinement_records(n: int) -> list[dict]:
-    out = []
-    for seed in range(n):
-        script = themes.generate_script(seed)
-        out.append(conversation.to_conversation(script, teacher.grounded_trajectory(script, seed,
-        error_rate=0.5),
-                                        f"grounded-{seed}"))
-    return out
+    return grounded_records(n)  # the smoke runs' grounded-teacher records (refinelib.synth.smoke)
 
 
 def erroneous(record: dict) -> int:

@@ -21,7 +21,7 @@ from accelerate.utils import (
 )
 
 import refinelib.tune.train
-from refinelib.tune.train import TrainConfig
+from refinelib.tune.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"

@@ -326,24 +326,26 @@ def test_the_design_documents_constants_are_the_librarys():
 @pytest.mark.parametrize("name", list(claims.DESIGNS))
 def test_each_design_is_what_its_profile_runs(name):
     """The design the power calculation is about is the one the chapters play: their parameters (the
-    notebook defaults, overridden by configs/<profile>/) give the same suites and sizes."""
+    notebook defaults, overridden by configs/<profile>/) and the profile's shared episode settings
+    (configs/<profile>/episodes.yaml) give the same suites and sizes."""
     from test_profiles import defaults
 
+    from refinelib import config
     from refinelib.report.runbook import profile_parameters
 
     design = claims.DESIGNS[name]
     root = DOC.parents[1]
+    episodes = config.load_episode_settings(design.profile, configs=root / "configs")
 
     def params(stem):
         nb = root / "notebooks" / f"{stem}.ipynb"
         return {**defaults(nb), **profile_parameters(nb, design.profile, root / "configs")}
 
     for stem in ("01_overfitting_analysis", "04_generalization"):
-        p = params(stem)
-        assert (tuple(p["suites"]), p["max_instances"], p["scale"]) == (design.suites, design.per_suite,
-                                                                         "agentboard"), stem
+        assert (tuple(params(stem)["suites"]), episodes.max_instances, episodes.scale) == (
+            design.suites, design.per_suite, "agentboard"), stem
     p = params("05_robustness")
-    assert (p["max_instances"], p["scale"], list(p["rules"]["household_held_in"])) == (
+    assert (episodes.robustness_instances, episodes.scale, list(p["rules"]["household_held_in"])) == (
         design.robustness, "agentboard", list(claims.RULES))
     p = params("07_ablations")
     assert (tuple(p["eval_suites"]), p["eval_instances"]) == (design.ablation_suites,

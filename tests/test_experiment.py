@@ -122,7 +122,8 @@ def test_a_trained_folder_is_loaded_with_its_adapter_and_named_by_the_model(tmp_
 
 
 def test_a_finished_training_run_is_evaluated_under_the_models_name(artifacts, tmp_path):
-    from refinelib.tune.train import TrainConfig, train
+    from refinelib.tune.train import train
+    from refinelib.tune.train_config import TrainConfig
     from tests.tiny_model import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()

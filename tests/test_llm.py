@@ -248,7 +248,7 @@ def test_bad_requests_are_refused_before_any_call(tmp_path):
 
 
 def test_credentials_in_base_url_are_used_but_never_stored_or_shown(tmp_path, caplog):
-    from refinelib.synth.llm import redact_url
+    from refinelib.redact import redact_url
     from refinelib.synth.synthesis import SynthesisConfig, synthesize
 
     caplog.set_level(logging.DEBUG)

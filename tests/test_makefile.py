@@ -144,6 +144,40 @@ def test_adding_a_file_to_the_profile_reruns_its_chapter_and_those_downstream(tr
     assert _reruns(tree) == _chapters("05", "06", "07", "08", "09")
 
 
+EPISODE_CHAPTERS = _chapters("01", "04", "05", "06", "07", "08", "09")  # read the episode settings, or follow
+
+
+def test_an_episode_settings_edit_reruns_the_evaluation_chapters_and_those_downstream(tree):
+    """configs/<profile>/episodes.yaml (refinelib.config) is read by 01, 04 and 05 (and 06 / 07)."""
+    assert _reruns(tree, "PROFILE=cpu-long") == ALL
+    record = tree / "book" / "executed" / ".params" / "episodes"
+    assert record.read_text().startswith("cpu-long ") and "none" not in record.read_text()
+    _executed_now(tree)
+    assert _reruns(tree, "PROFILE=cpu-long") == set()
+    _edit(tree / "configs/cpu-long/episodes.yaml", "max_steps: 20", "max_steps: 25")
+    assert _reruns(tree, "PROFILE=cpu-long") == EPISODE_CHAPTERS
+    assert not _chapters("00", "02", "03") & EPISODE_CHAPTERS
+
+
+def test_adding_episode_settings_to_the_default_profile_reruns_the_evaluation_chapters(tree):
+    assert (tree / "book" / "executed" / ".params" / "episodes").read_text() == "default none\n"
+    (tree / "configs" / "default").mkdir()
+    (tree / "configs" / "default" / "episodes.yaml").write_text("max_instances: 5\n")
+    assert _reruns(tree) == EPISODE_CHAPTERS
+
+
+def test_touching_the_episode_settings_without_changing_them_reruns_nothing(tree):
+    _reruns(tree, "PROFILE=paper")
+    _executed_now(tree)
+    (tree / "configs/paper/episodes.yaml").touch()
+    assert _reruns(tree, "PROFILE=paper") == set()
+
+
+def test_another_profiles_episode_settings_do_not_rerun_the_default_book(tree):
+    _edit(tree / "configs/paper/episodes.yaml", new="\n")
+    assert _reruns(tree) == set()
+
+
 def test_clean_says_what_it_removes_and_distclean_removes_the_artifacts(tree):
     (tree / "artifacts" / "evaluation").mkdir(parents=True)
     (tree / "_build").mkdir()

@@ -23,6 +23,7 @@ from papermill.exceptions import PapermillExecutionError
 from test_accelerate_configs import launcher_env
 from tiny_model import tiny_model, tiny_tokenizer
 
+from refinelib import config
 from refinelib.paths import cache_dir
 from refinelib.report import runbook
 from refinelib.synth import themes
@@ -46,7 +47,10 @@ def paper(stem: str) -> dict:
 
 
 def is_size(value) -> bool:
-    """A count or a length: a whole number >= 0, "all", or a list of those."""
+    """A count or a length: a whole number >= 0, "all", or a list of those (or a mapping to them: the shared
+    episode settings' overrides)."""
+    if isinstance(value, dict):
+        return all(map(is_size, value.values()))
     if isinstance(value, list):
         return all(map(is_size, value))
     return value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
@@ -58,10 +62,14 @@ def test_the_rehearsal_changes_sizes_and_model_names_only():
     assert set(runbook.REHEARSAL_SIZES) <= {p.stem for p in NOTEBOOKS}
     for path in NOTEBOOKS:
         assert set(runbook.REHEARSAL_SIZES.get(path.stem, {})) <= runbook.SIZE_KEYS, path.stem
-        original = runbook.profile_parameters(path, "paper", CONFIGS)
+        original = {**runbook.profile_parameters(path, "paper", CONFIGS),
+                    **runbook.runner_parameters(path, "paper")}  # the runner gives a chapter its profile
         rehearsal = runbook.rehearsal_parameters(path, "paper", models, CONFIGS)
         changed = {k for k in original.keys() | rehearsal.keys() if original.get(k) != rehearsal.get(k)}
         assert changed <= runbook.SIZE_KEYS | runbook.MODEL_KEYS, (path.stem, changed)
+        assert rehearsal.get("profile", "paper") == "paper"  # the paper's episode settings, at tiny sizes
+        overrides = rehearsal.get("episode_overrides", {})
+        assert set(overrides) <= {"max_instances", "robustness_instances", "max_steps", "max_new_tokens"}
         assert rehearsal.get("smoke", False) is False  # the paper's code paths, not the smoke ones
         defaults = runbook.notebook_parameters(path)
         for key in runbook.SIZE_KEYS & (defaults.keys() | rehearsal.keys()):  # every "size" is one
@@ -94,10 +102,8 @@ def test_the_paper_profile_has_one_base_model_in_every_chapter_and_its_training_
             assert "base_model" in runbook.notebook_parameters(path), path.stem
     assert paper("03_refinement_tuning")["method"] == training.method == "full"
     assert paper("02_refinement_synthesis")["teacher"] == "openai"
-    evaluation = {stem: paper(stem).get("scale") for stem in
-                  ("01_overfitting_analysis", "04_generalization", "05_robustness", "06_diversity",
-                   "07_ablations")}
-    assert set(evaluation.values()) == {"agentboard"}, evaluation
+    assert config.load_episode_settings("paper", configs=CONFIGS).scale == "agentboard"
+    assert all(paper(stem)["shared_episodes"] for stem in ("06_diversity", "07_ablations"))  # the same scale
 
 
 def test_the_paper_training_yaml_is_method_md_section_10():
@@ -175,8 +181,11 @@ def rehearsal(tmp_path_factory):
             (cache / folder.name).symlink_to(folder)
     patch.setenv("REFINELIB_CACHE", str(cache))
     patch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    (work / "notebooks").symlink_to(ROOT / "notebooks")  # a checkout's layout: chapters 08 and 09 read
-    patch.chdir(work)                                     # notebooks/ and book/executed/ where they run
+    # a checkout's layout: chapters 08 and 09 read notebooks/ and book/executed/ where they run, the
+    # evaluation chapters configs/paper/episodes.yaml
+    (work / "notebooks").symlink_to(ROOT / "notebooks")
+    (work / "configs").symlink_to(CONFIGS)
+    patch.chdir(work)
     started = time.time()
     try:
         with FakeOpenAI(Teacher()) as server:

@@ -12,7 +12,8 @@ import pytest
 
 from refinelib.envs import perturb
 from refinelib.envs.base import CHECK_VALID_ACTIONS, BackendMissing
-from refinelib.envs.perturb import PERTURB_VERSION, RULES, PerturbedEnv, get_rule, rule_names
+from refinelib.envs.perturb import PERTURB_VERSION, RULES, get_rule, rule_names
+from refinelib.envs.perturbed import PerturbedEnv
 from refinelib.envs.registry import make_instance, suite
 from refinelib.envs.rollout import play
 from refinelib.eval.agent import EpisodeState, instruction

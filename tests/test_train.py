@@ -13,15 +13,10 @@ from transformers import TrainerCallback
 
 import refinelib.tune.train
 from refinelib.tune.masking import IGNORE_INDEX, render, render_many
-from refinelib.tune.train import (
-    PaddedCollator,
-    TrainConfig,
-    check_padding_free,
-    load_trained,
-    padding_free_collator,
-    split_records,
-    train,
-)
+from refinelib.tune.models import load as load_trained
+from refinelib.tune.train import split_records, train
+from refinelib.tune.train_config import TrainConfig
+from refinelib.tune.trainer import PaddedCollator, check_padding_free, padding_free_collator
 
 OBJECTS = ["mug", "key", "lamp", "box"]
 PLACES = ["drawer 1", "table", "shelf 2", "desk"]
@@ -327,7 +322,8 @@ def test_lora_top_layers_works_with_all_linear_targets(top, expected_layers):
 def test_supervised_loss_equals_the_models_loss_without_full_vocabulary_logits(tiny_dir, padding_free):
     """The LM head runs only where a label is supervised: same loss and LoRA gradients (to 1e-5), and the
     logits it makes cover exactly the supervised positions."""
-    from refinelib.tune.train import _apply_lora, supervised_loss
+    from refinelib.tune.train import _apply_lora
+    from refinelib.tune.trainer import supervised_loss
 
     tokenizer = refinelib.tune.models.load_tokenizer(tiny_dir)
     model, _ = refinelib.tune.models.load(tiny_dir)

@@ -12,8 +12,9 @@ from test_train import Crash, config, episode, tiny_dir, write_jsonl  # noqa: F4
 
 from refinelib import runs
 from refinelib.tune import models
-from refinelib.tune.train import TrainConfig, train
+from refinelib.tune.train import train
 from refinelib.tune.train_cli import FIELDS, load_config, main, parser
+from refinelib.tune.train_config import TrainConfig
 
 GOOD = dict(train_file="train.jsonl")
 

@@ -18,7 +18,8 @@ from refinelib.envs import make_instance, suite
 from refinelib.eval import agent
 from refinelib.eval.policies import TransformersPolicy
 from refinelib.synth import conversation, teacher, themes
-from refinelib.tune.train import TrainConfig, load_trained, train
+from refinelib.tune.train import load_trained, train
+from refinelib.tune.train_config import TrainConfig
 
 
 def refinement_records(n: int) -> list[dict]:

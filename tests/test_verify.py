@@ -6,13 +6,13 @@ import random
 
 import pytest
 
+from refinelib.synth.parse import parse_json
 from refinelib.synth.verify import (
     EXTRA_REASONS,
     REASONS,
     SCRIPT_REASONS,
     Verdict,
     check_script,
-    parse_json,
     rule_check,
     verdict_counts,
     verify,

@@ -12,14 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 STAGES = [  # (label, module, x, y)
-    ("persona", "personas", 0.6, 2.2),
-    ("script", "themes · world · llm", 2.75, 2.2),
-    ("trajectory\n(DM + Player)", "teacher · llm", 4.9, 2.2),
-    ("verification", "verify", 7.05, 2.2),
-    ("dataset\n(loss flags)", "chat · dataset", 9.2, 2.2),
-    ("masked tuning", "masking · train", 9.2, 0.6),
-    ("evaluation", "evaluate · metrics", 7.05, 0.6),
-    ("generalization,\nrobustness, diversity", "experiment · perturb\ndiversity · taxonomy", 4.9, 0.6),
+    ("persona", "synth.personas", 0.6, 2.2),
+    ("script", "synth: themes · world\n· llm", 2.75, 2.2),
+    ("trajectory\n(DM + Player)", "synth: teacher\n· candidates", 4.9, 2.2),
+    ("verification", "synth.verify", 7.05, 2.2),
+    ("dataset\n(loss flags)", "data: chat · dataset\n· export", 9.2, 2.2),
+    ("masked tuning", "tune: masking · train", 9.2, 0.6),
+    ("evaluation", "eval: evaluate\n· engine", 7.05, 0.6),
+    ("generalization,\nrobustness, diversity", "analysis: claims ·\ntaxonomy · diversity", 4.9, 0.6),
 ]
 W, H = 1.85, 0.95
 

@@ -372,7 +372,7 @@ def evaluate_claims(table: pd.DataFrame | Mapping[str, pd.DataFrame], claims: Se
     Returns:
         Differences, intervals, the margin and the paper's difference in points (fractions x 100); ``mde``
         is the difference this run could detect, ``pairs_to_detect`` the pairs that would detect
-        max(|difference|, margin), ``pairs_for_equivalence`` those an equivalence reading would need.
+        ``max(|difference|, margin)``, ``pairs_for_equivalence`` those an equivalence reading would need.
         A claim whose models were not both played gets the verdict "not run". ``suites`` names the suites
         the pairs come from (the claim's suites that were played), ``suite_pairs`` ``{suite: pairs}``.
     """

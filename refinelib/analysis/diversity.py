@@ -191,6 +191,25 @@ def tsne(emb: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray
     return model.fit_transform(emb).astype(np.float32)
 
 
+def thought_map(thoughts: pd.DataFrame, max_thoughts: int, seed: int = 0) -> pd.DataFrame:
+    """Up to ``max_thoughts`` thoughts per policy of a :func:`thought_table` (a seeded sample, in table
+    order) with their t-SNE coordinates ``x`` and ``y`` (:func:`tsne` of their embeddings)."""
+    sample = (thoughts.sample(frac=1.0, random_state=seed).groupby("policy").head(max_thoughts)
+              .sort_index().reset_index(drop=True))
+    xy = tsne(embed(sample["thought"].tolist()), seed=seed)
+    sample["x"], sample["y"] = xy[:, 0], xy[:, 1]
+    return sample
+
+
+def map_spread(sample: pd.DataFrame) -> pd.DataFrame:
+    """Per policy of a :func:`thought_map`: the spread of its points (the root of the summed variances of
+    ``x`` and ``y``), the points and the distinct thoughts."""
+    grouped = sample.groupby("policy")
+    spread = grouped[["x", "y"]].std().pow(2).sum(axis=1).pow(0.5).rename("t-SNE spread")
+    return pd.concat([spread, grouped.size().rename("points"),
+                      grouped.thought.nunique().rename("distinct thoughts")], axis=1)
+
+
 # ----- environments --------------------------------------------------------------------------------
 def script_description(script: Mapping) -> str:
     """A synthesized script as the heatmap embeds it: its ``Environment`` (compact JSON) and ``Goal``."""

@@ -89,9 +89,11 @@ def paper_wide(models: Sequence[str] | None = None) -> pd.DataFrame:
     return out
 
 
-def paper_robustness_table() -> pd.DataFrame:
+def paper_robustness_table(recomputed_std: bool = False) -> pd.DataFrame:
     """The paper's Table 3: one row per (model, metric), columns ``original``, ``P1``..``P5``, ``mean``
-    and ``std (paper)`` as printed (method.md §15.3: the printed std fits no single formula)."""
+    and ``std (paper)`` as printed (method.md §15.3: the printed std fits no single formula); with
+    ``recomputed_std``, also the population std of the six settings recomputed from the paper's own
+    numbers (``population std (recomputed)``)."""
     settings = ("original", "P1", "P2", "P3", "P4", "P5", "mean", "std (paper)")
     rows = []
     for name, cells in _cells(_PAPER_ROBUSTNESS):
@@ -100,6 +102,8 @@ def paper_robustness_table() -> pd.DataFrame:
                          **{s: float(c[i]) for s, c in zip(settings, cells, strict=True)}})
     out = pd.DataFrame(rows).set_index(["model", "metric"])
     out.attrs["source"] = PAPER_SOURCE_ROBUSTNESS
+    if recomputed_std:
+        out["population std (recomputed)"] = out[list(settings[:6])].std(axis=1, ddof=0).round(2)
     return out
 
 
@@ -183,6 +187,27 @@ def paper_best_of_n_table() -> pd.DataFrame:
         table[f"delta_{metric}_computed"] = computed.round(1).where(table.decoding == "BoN")
     table.attrs["source"] = PAPER_SOURCE_BEST_OF_N
     return table
+
+
+def paper_best_of_n_cells(table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper's Best-of-N table as printed: one ``S / P`` row per model and decoding, then the
+    paper's printed Δ rows (``table``: :func:`paper_best_of_n_table`, made when None)."""
+    table = paper_best_of_n_table() if table is None else table
+    rows = cells(table.assign(row=table.model + " " + table.decoding), "row")
+    deltas = table[table.decoding == "BoN"].assign(row=lambda d: "Δ " + d.model + " (printed)")
+    return pd.concat([rows, cells(deltas, "row", success="delta_success", progress="delta_progress")])
+
+
+def misprint_sentences(table: pd.DataFrame | None = None) -> str:
+    """One line per Δ the paper's Best-of-N table prints that is not its BoN minus greedy (``table``:
+    :func:`paper_best_of_n_table`, made when None)."""
+    table = paper_best_of_n_table() if table is None else table
+    bon = table[table.decoding == "BoN"]
+    wrong = bon[(bon.delta_success != bon.delta_success_computed)
+                | (bon.delta_progress != bon.delta_progress_computed)]
+    return "\n".join(f"Printed Δ that is not BoN − greedy: {r.model}, {r.task}: printed {r.delta_success} / "
+                     f"{r.delta_progress}, computed {r.delta_success_computed} / {r.delta_progress_computed}."
+                     for r in wrong.itertuples())
 
 
 def paper_scaling_table() -> pd.DataFrame:

@@ -7,9 +7,8 @@ classified once it is mapped to :class:`~refinelib.eval.episodes.Episode`.
 Categories, in precedence order (a step takes the first that applies):
 
 1. ``format_error``: no parsable action (the environment never saw one).
-2. ``loop``: part of a loop, :func:`refinelib.analysis.metrics.loop_steps` (the same action 3+ times in a
-row or an
-   A-B-A-B cycle, each repeat failing or changing nothing, with no progress gained).
+2. ``loop``: part of a loop, :func:`refinelib.analysis.metrics.loop_steps` (the same action 3+ times in
+   a row or an A-B-A-B cycle, each repeat failing or changing nothing, with no progress gained).
 3. ``repeated_failure``: the environment rejected a well-formed action it had already rejected earlier in
    this episode (the same mistake again, not yet a loop).
 4. ``invalid_action``: the environment rejected a well-formed action (a first-time mistake).
@@ -156,6 +155,14 @@ def taxonomy_summary(table: pd.DataFrame, by: Sequence[str] = ("policy", "suite"
     for m in FAILURE_MODES:
         out[f"mode_{m}_rate"] = modes[m] if m in modes.columns else 0.0
     return out.reset_index()
+
+
+def share_table(summary: pd.DataFrame, by: Sequence[str] = ("policy", "suite")) -> pd.DataFrame:
+    """A :func:`taxonomy_summary` as the book shows it: per group of ``by``, the share of steps in each
+    category (%, one decimal), the steps counted and the share of episodes that repeat a mistake."""
+    indexed = summary.set_index(list(by))
+    shares = indexed[[f"{c}_rate" for c in CATEGORIES]]
+    return (100 * shares).round(1).join(indexed[["n_steps", "repeats_mistake_rate"]])
 
 
 # ----- the paper's Figure-2 failure modes ------------------------------------------------------------

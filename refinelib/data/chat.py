@@ -138,12 +138,16 @@ def to_openai(record: Mapping) -> dict:
     return {"id": record["id"], "messages": messages}
 
 
-def load_jsonl(path: str | Path) -> list[dict]:
-    """Read and normalise a JSONL file of records in any accepted layout (errors name the line and id)."""
+def load_jsonl(path: str | Path, loader=None) -> list[dict]:
+    """Read and normalise a JSONL file of records in any accepted layout (errors name the line and id).
+
+    ``loader(obj, id=...)`` turns one line into a released record (default :func:`normalize_record`;
+    :mod:`refinelib.data.export` passes the loader of a trainer's format)."""
+    loader = loader or normalize_record
     records = []
     for number, obj in jsonl.numbered(path, RecordError):
         try:
-            records.append(normalize_record(obj, id=f"{Path(path).stem}-{number}"))
+            records.append(loader(obj, id=f"{Path(path).stem}-{number}"))
         except RecordError as error:
             raise RecordError(f"{path}:{number}: {error}") from error
     return records

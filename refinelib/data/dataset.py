@@ -36,6 +36,7 @@ import pandas as pd
 import yaml
 
 from refinelib.data import chat
+from refinelib.paths import dataset_dir
 from refinelib.schema import RecordError, erroneous_turns
 
 SPLITS = ("train", "validation")
@@ -324,6 +325,26 @@ def save(records: Sequence[Mapping], out_dir: str | Path, *, val_fraction: float
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def save_synthesis_datasets(data_run_id: str, records: Sequence[Mapping], meta: Mapping[str, Mapping],
+                            expert_records: Sequence[Mapping], expert_meta: Mapping[str, Mapping], *,
+                            teacher: str, val_fraction: float = 0.1, seed: int = 0) -> dict[str, DatasetInfo]:
+    """The synthesis run's three datasets, each saved in :func:`refinelib.paths.dataset_dir`: ``refinement``
+    (the refinement trajectories), ``refinement_stripped`` (the same without their erroneous turns and
+    feedback: the paper's "w/o refinement data") and ``expert`` (the expert-only baseline's data)."""
+    def one(name: str, rows: Sequence[Mapping], rows_meta: Mapping, description: str) -> DatasetInfo:
+        return save(rows, dataset_dir(data_run_id, name), meta=rows_meta, name=name,
+                    val_fraction=val_fraction, seed=seed, description=description)
+
+    return {
+        "refinement": one("refinement", records, meta,
+                          f"AgentRefine-style refinement trajectories ({teacher} teacher)"),
+        "refinement_stripped": one("refinement_stripped", [chat.strip_errors(r) for r in records], meta,
+                                   "the same trajectories without error turns"),
+        "expert": one("expert", expert_records, expert_meta,
+                      "expert-only oracle episodes on held-in household tasks"),
+    }
 
 
 # -------------------------------------------------------------------------------------------- load

@@ -42,8 +42,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from refinelib import jsonl
-from refinelib.data.chat import normalize_record, to_openai
+from refinelib.data.chat import load_jsonl, normalize_record, to_openai
 from refinelib.schema import RecordError
 
 AXOLOTL_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
@@ -191,11 +190,4 @@ def export(records: Iterable[Mapping], path: str | Path, format: str = "released
 
 def load(path: str | Path, format: str = "released") -> list[dict]:  # noqa: A002
     """Read a JSONL file written in ``format`` back into released records (errors name the line)."""
-    loader = _pick(LOADERS, format)
-    records = []
-    for number, obj in jsonl.numbered(path, RecordError):
-        try:
-            records.append(loader(obj, id=f"{Path(path).stem}-{number}"))
-        except RecordError as error:
-            raise RecordError(f"{path}:{number}: {error}") from error
-    return records
+    return load_jsonl(path, _pick(LOADERS, format))

@@ -182,6 +182,8 @@ def _path(parent: dict, state: tuple | None) -> list[int] | None:
     return path[::-1]
 
 
+# Long on purpose: one table of what can be said in the current state, action by action, each entry a few
+# lines (the valid command, or the feedback for a recognisable invalid one).
 def expand(u: Any, seen: Any, things: list[Thing]) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Valid actions -> primitive actions, and recognisable invalid actions -> feedback."""
     actions: dict[str, list[int]] = {"turn left": [LEFT], "turn right": [RIGHT]}

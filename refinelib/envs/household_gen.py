@@ -143,6 +143,8 @@ def generate(task_type: str, seed: int) -> Problem:
     raise RuntimeError(f"no room can host {task_type} (seed {seed})")
 
 
+# Long on purpose: one room sampled in order (receptacles, objects, the target, its placement); the
+# random draws must stay in this order for a seed to keep giving the same game.
 def _try_room(task_type: str, seed: int, plan: int, rng: random.Random) -> Problem | None:
     constants, goals, layouts = _alfred()
     fits = constants.VAL_RECEPTACLE_OBJECTS

@@ -1,4 +1,4 @@
-"""Play one episode with any policy and keep the transcript."""
+"""Play one episode with any policy and keep the transcript; survey the suites with the oracle."""
 
 from __future__ import annotations
 
@@ -98,3 +98,28 @@ def oracle_survey(suites, max_instances: int | None = None, max_steps: int = 200
     for env in envs.values():
         env.close()
     return pd.DataFrame(rows), transcripts
+
+
+def suite_table(suites):
+    """One row per suite: name, family, held-in / held-out split, version, its sizes at both scales, its
+    number of task types and its description."""
+    import pandas as pd
+
+    from refinelib.envs.registry import suite
+
+    return pd.DataFrame([
+        {"suite": s.name, "family": s.family, "split": s.split, "version": s.version,
+         "small": len(suite(s.name, "small")), "agentboard": len(suite(s.name, "agentboard")),
+         "tasks": len({i.task for i in s.instances}), "description": s.description}
+        for s in suites
+    ])
+
+
+def oracle_summary(episodes):
+    """Per suite of an :func:`oracle_survey` table: episodes, success and progress rate, mean and longest
+    episode, seconds per episode (rounded to 3 places)."""
+    return (episodes.groupby(["suite", "split"], sort=False)
+            .agg(episodes=("instance", "size"), success_rate=("success", "mean"),
+                 progress_rate=("progress", "mean"), mean_steps=("steps", "mean"),
+                 max_steps=("steps", "max"), seconds_per_episode=("seconds", "mean"))
+            .round(3).reset_index())

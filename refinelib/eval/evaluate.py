@@ -16,7 +16,7 @@ resumes where it stopped and loses at most the episodes that were in flight.
 environment seed, which is part of the instance (``Instance.seed``, in its id). Greedy policies give the
 same episodes for every run seed. ``samples`` > 1 plays each instance N times (Best-of-N; sample 0 ... N-1).
 ``perturbations`` names action-template rules of :mod:`refinelib.envs.perturb` (``"R1"`` ...); each episode
-then runs on a :class:`~refinelib.envs.perturb.PerturbedEnv` and is logged under the rule's versioned id.
+then runs on a :class:`~refinelib.envs.perturbed.PerturbedEnv` and is logged under the rule's versioned id.
 
 A log is re-used only by the run that made it: its **identity** (the policy's settings, what the caller
 says about the model in ``settings``, the step limit, the agent loop's code version, and for every suite
@@ -39,7 +39,8 @@ from pathlib import Path
 from refinelib import runs
 from refinelib.envs import registry
 from refinelib.envs.base import Instance
-from refinelib.envs.perturb import PerturbedEnv, get_rule
+from refinelib.envs.perturb import get_rule
+from refinelib.envs.perturbed import PerturbedEnv
 from refinelib.eval.agent import MAX_STEPS, EpisodeState, prompt_version
 from refinelib.eval.episodes import Episode, EpisodeLog
 from refinelib.eval.policies import Policy

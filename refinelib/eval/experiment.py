@@ -29,11 +29,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from refinelib import runs
+from refinelib import paths, runs
 from refinelib.envs import registry
 from refinelib.eval import evaluate
 from refinelib.eval.episodes import Episode, EpisodeLog
-from refinelib.paths import artifacts_dir
 from refinelib.synth.llm import redact_url
 
 BASELINES = ("oracle", "random")  # policies that need no model folder (value "oracle" / "random")
@@ -44,8 +43,7 @@ def default_models(tuning_run_id: str = "default",
                    names: Sequence[str] = ("base", "expert_only", "refine")) -> dict[str, str | None]:
     """``{name: folder}`` for the base model (None) and notebook 03's models under
     ``artifacts/tuning/<tuning_run_id>/<name>``."""
-    root = artifacts_dir("tuning") / tuning_run_id
-    return {n: None if n == "base" else str(root / n) for n in names}
+    return {n: None if n == "base" else str(paths.model_dir(tuning_run_id, n)) for n in names}
 
 
 ENDPOINT_FIELDS = {"endpoint", "model", "api_key_env"}  # a model served behind an OpenAI-compatible API
@@ -123,11 +121,9 @@ def load_policy(name: str, folder: str | None, base_model: str = "SmolLM2-135M-I
     check_models({name: folder})
     path = Path(folder)
     if (path / "manifest.json").is_file():
-        from refinelib.tune.train import load_trained
+        from refinelib.tune import models as model_loader
 
-        model, tokenizer = load_trained(path)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload().eval()
+        model, tokenizer = model_loader.load(path, merge=True)
         policy = policies.local_policy(model, tokenizer, backend, **kwargs)
         policy.name = name  # the log key is the model's name, whatever class built it
         return policy
@@ -148,7 +144,9 @@ def suite_family(name: str) -> str:
 def episodes_path(eval_run_id: str, name: str) -> Path:
     """The shared episode log of model ``name``:
     ``artifacts/evaluation/<eval_run_id>/episodes/<name>.jsonl``."""
-    return artifacts_dir("evaluation", eval_run_id, "episodes") / f"{name}.jsonl"
+    path = paths.episode_log(eval_run_id, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def model_identity(folder: str | Path | None) -> str | None:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from refinelib.envs.base import CHECK_VALID_ACTIONS, TextEnv
 from refinelib.eval.agent import Message, approx_tokens
-from refinelib.synth.llm import redact_url
+from refinelib.redact import redact_url
 
 Chat = Sequence[Message]
 

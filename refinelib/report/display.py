@@ -115,6 +115,29 @@ def _esc(text, limit: int | None = None) -> str:
     return html.escape(text)
 
 
+def say(text: str, markdown: bool = False) -> None:
+    """Print ``text`` (or show it as Markdown), unless it is empty: a computed sentence that has nothing to
+    say leaves no blank output."""
+    if not text:
+        return
+    if markdown:
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    else:
+        print(text)
+
+
+def oracle_transcripts(transcripts: Mapping, width: int = 300) -> str:
+    """The first oracle episode of each suite (``{suite: Transcript}``), each under a heading naming its
+    task, seed and environment version, followed by a blank line."""
+    lines = []
+    for name, record in transcripts.items():
+        lines += [f"=== {name}: {record.task}, seed {record.seed} (environment version {record.version}) ===",
+                  record.render(width=width), ""]
+    return "\n".join(lines)
+
+
 # ----- episodes ------------------------------------------------------------------------------------------
 def render_episode(episode: Episode, mark: Iterable[int] = (), width: int = 160,
                    max_turns: int | None = None) -> str:
@@ -142,3 +165,51 @@ def render_episode(episode: Episode, mark: Iterable[int] = (), width: int = 160,
     if max_turns is not None and len(turns) > max_turns:
         lines.append(f"   ... {len(turns) - max_turns} more steps")
     return "\n".join(lines)
+
+
+def failure_mode_transcripts(episodes: Sequence[Episode], found, first: str, per_mode: int = 2,
+                             width: int = 200) -> str:
+    """For each failure mode, the first ``per_mode`` episodes of ``found``
+    (:func:`refinelib.analysis.taxonomy.failure_modes`) that show it, model ``first``'s before the others',
+    each with the offending action and its flagged steps marked."""
+    import pandas as pd
+
+    from refinelib.analysis.taxonomy import MEMORISED_FORMAT, REPEATED_FAILED_ACTION
+    from refinelib.schema import EPISODE_KEY
+
+    by_key = {e.key: e for e in episodes}
+    lines = []
+    for mode in (MEMORISED_FORMAT, REPEATED_FAILED_ACTION):
+        hits = found[found["mode"] == mode]
+        hits = pd.concat([hits[hits.policy == first], hits[hits.policy != first]])
+        lines.append(f"===== {mode}: {len(hits)} episode(s) =====")
+        if hits.empty:
+            lines += ["None found in these episodes.", ""]
+        for _, hit in hits.head(per_mode).iterrows():
+            lines += [f"-- the action: {hit.action!r} ({hit.n_steps} of {hit.episode_steps} steps)",
+                      render_episode(by_key[tuple(hit[list(EPISODE_KEY)])], mark=hit.steps, width=width), ""]
+    return "\n".join(lines)
+
+
+def old_format(episodes: Sequence[Episode], order: Sequence[str], width: int = 200) -> str:
+    """How often each model wrote a household command in the format a perturbation rule replaced (the
+    memorised-format rate per model and rule), then the first such episode; a note when no household rule
+    was played."""
+    from refinelib.analysis import tables, taxonomy
+    from refinelib.eval.evaluate import ORIGINAL
+    from refinelib.schema import EPISODE_KEY
+
+    household = [e for e in episodes if e.family == "household" and e.perturbation != ORIGINAL]
+    if not household:
+        return "No household rule in `rules`."
+    found = taxonomy.failure_modes(household)
+    rates = taxonomy.failure_mode_rates(household, found, by=("policy", "perturbation"))
+    rates["setting"] = rates.perturbation.map(tables.short_rule)
+    table = rates.pivot(index="policy", columns="setting", values=f"{taxonomy.MEMORISED_FORMAT} rate")
+    lines = [str(table.reindex([m for m in order if m in table.index]).round(2))]
+    examples = found[found["mode"] == taxonomy.MEMORISED_FORMAT]
+    if examples.empty:
+        return "\n".join([*lines, "No episode wrote a command in the replaced format."])
+    hit = examples.iloc[0]
+    episode = {e.key: e for e in household}[tuple(hit[list(EPISODE_KEY)])]
+    return "\n".join([*lines, render_episode(episode, mark=hit.steps, width=width)])

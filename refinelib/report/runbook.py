@@ -1,10 +1,13 @@
-"""Execute one book notebook with papermill: ``python -m refinelib.report.runbook SRC OUT [--profile P] [-p
-k v]``.
+"""Execute one book notebook with papermill.
+
+``python -m refinelib.report.runbook SRC OUT [--profile P] [-p k v]``.
 
 Parameters come from ``configs/<profile>/<notebook name>.yaml`` when that file exists, then from
-``-p`` pairs. The executed notebook is written atomically (an interrupted run leaves no half file),
-papermill's injected-parameters cell is tagged ``remove-cell`` for the book, and a small run record
-(``OUT`` with ``.run.json``: parameters, seconds, git revision) is written last.
+``-p`` pairs; a notebook with a ``profile`` parameter is given the profile, so that it reads the
+profile's shared episode settings (``configs/<profile>/episodes.yaml``, :mod:`refinelib.config`). The
+executed notebook is written atomically (an interrupted run leaves no half file), papermill's
+injected-parameters cell is tagged ``remove-cell`` for the book, and a small run record (``OUT`` with
+``.run.json``: parameters, seconds, git revision) is written last.
 
 ``--rehearse`` runs a profile at the rehearsal's sizes (:data:`REHEARSAL_SIZES`): the same parameters,
 hence the same code paths, with only sizes made tiny; the models (``base_model``, the teacher's ``model``
@@ -49,11 +52,14 @@ SIZE_KEYS = frozenset({
     "max_instances", "max_steps", "max_new_tokens", "max_prompt_tokens", "batch_size", "n_boot",
     "max_transcripts", "n_trajectories", "n_expert", "max_train_records", "max_validation_records",
     "max_length", "bon_instances", "n_samples", "heat_instances", "max_thoughts", "sizes", "steps",
-    "validation_records", "eval_instances",
+    "validation_records", "eval_instances", "episode_overrides",
 })
 #: Parameters that name a model, or the endpoint that serves one: the rest of what a rehearsal changes.
 MODEL_KEYS = frozenset({"base_model", "model", "base_url"})
-EPISODE = {"max_instances": 1, "max_steps": 2, "max_new_tokens": 8}  # 01, 04 and 05 share their logs
+#: The shared episode settings at a rehearsal's sizes (refinelib.config.EpisodeSettings fields; 01, 04 and 05
+#: share their logs, and 06 and 07 read them when the profile sets their ``shared_episodes``).
+EPISODE = {"episode_overrides": {"max_instances": 1, "robustness_instances": 1, "max_steps": 2,
+                                 "max_new_tokens": 8}}
 #: Per notebook, the sizes a rehearsal uses in place of the profile's (sizes only: see SIZE_KEYS).
 REHEARSAL_SIZES: dict[str, dict] = {
     "00_environments": {"max_instances": 1},
@@ -62,9 +68,9 @@ REHEARSAL_SIZES: dict[str, dict] = {
     "04_generalization": EPISODE,
     "05_robustness": EPISODE,
     "06_diversity": {"bon_instances": 1, "n_samples": 2, "max_steps": 2, "max_new_tokens": 8,
-                     "heat_instances": 2, "max_thoughts": 100},
+                     "heat_instances": 2, "max_thoughts": 100, **EPISODE},
     "07_ablations": {"sizes": [2, "all"], "steps": 2, "eval_instances": 1, "max_steps": 2,
-                     "max_new_tokens": 8},
+                     "max_new_tokens": 8, **EPISODE},
 }
 
 
@@ -83,6 +89,12 @@ def notebook_parameters(notebook: Path) -> dict:
     return values
 
 
+def runner_parameters(notebook: Path, profile: str) -> dict:
+    """What the runner itself gives ``notebook``: the ``profile``, when the notebook has that parameter (it
+    reads the profile's shared episode settings with it)."""
+    return {"profile": profile} if "profile" in notebook_parameters(notebook) else {}
+
+
 def rehearsal_parameters(notebook: Path, profile: str = "paper", models: dict | None = None,
                          configs: Path = Path("configs")) -> dict:
     """``profile``'s parameters for ``notebook`` with :data:`REHEARSAL_SIZES` and the given ``models``
@@ -96,7 +108,7 @@ def rehearsal_parameters(notebook: Path, profile: str = "paper", models: dict | 
     if wrong:
         raise ValueError(f"rehearsal models: {wrong} are not model parameters ({sorted(MODEL_KEYS)})")
     names = notebook_parameters(notebook)
-    params = profile_parameters(notebook, profile, configs)
+    params = {**profile_parameters(notebook, profile, configs), **runner_parameters(notebook, profile)}
     params.update(REHEARSAL_SIZES.get(Path(notebook).stem, {}))
     params.update({k: v for k, v in models.items() if k in names})
     return params
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rehearse:
         params = rehearsal_parameters(args.src, args.profile)
     else:
-        params = profile_parameters(args.src, args.profile)
+        params = {**profile_parameters(args.src, args.profile), **runner_parameters(args.src, args.profile)}
     overrides = {k: yaml.safe_load(v) for k, v in args.p}
     # papermill only warns about a name the notebook does not have, and the run then silently uses the
     # default: refuse before anything runs, naming where each unknown name came from.

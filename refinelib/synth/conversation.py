@@ -37,7 +37,7 @@ import json
 from collections.abc import Mapping
 
 from refinelib.schema import RecordError, erroneous_player_turns
-from refinelib.synth.verify import parse_json
+from refinelib.synth.parse import parse_json
 
 FORMAT_INSTRUCTION = (
     "Each turn, respond in exactly this format, with one action from the list above:\n"

@@ -32,191 +32,30 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse, urlsplit, urlunsplit
+from urllib.parse import urlparse
 
 from refinelib.paths import cache_dir as default_cache_dir
 from refinelib.paths import write_atomic
+from refinelib.redact import REDACTED, redact_http_logs, redact_url, url_secrets
+from refinelib.synth.llm_types import (
+    LOCAL_HOSTS,
+    LOCAL_PLACEHOLDER_KEY,
+    Completion,
+    LLMConfig,
+    LLMError,
+    Request,
+    canonical_json,
+)
 
 log = logging.getLogger(__name__)
 
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
-LOCAL_PLACEHOLDER_KEY = "not-needed"  # vLLM and Ollama accept any key unless started with one
 CACHE_FORMAT = 1  # bump when the cache file layout changes; older files then read as misses
-# Parameters LLMClient sets itself, or that would break "one answer per request": refused in `extra`.
-RESERVED_EXTRA = ("model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n",
-                  "stream", "timeout", "extra_headers", "extra_query")
-# Query parameters whose values are credentials (api_key=, token=, sig=, ...): never stored.
-_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential|session", re.I)
-REDACTED = "***"
-
-
-def redact_url(url: str | None) -> str | None:
-    """``url`` without its credentials: the ``user:password@`` part and the values of secret-looking query
-    parameters become ``***``. Every place that stores or shows a ``base_url`` (configs, cache files,
-    manifests, error messages) uses this; the URL with credentials is only ever handed to the HTTP client.
-
-    >>> redact_url("https://alice:s3cret@llm.example.com:8443/v1?api_key=abc&region=eu")
-    'https://***@llm.example.com:8443/v1?api_key=***&region=eu'
-    >>> redact_url("http://localhost:8000/v1")
-    'http://localhost:8000/v1'
-    """
-    if url is None:
-        return None
-    parts = urlsplit(str(url))
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    query = "&".join(f"{k}={REDACTED}" if _SECRET_PARAM.search(k) and v else f"{k}={v}" if sep else k
-                     for k, sep, v in (item.partition("=") for item in parts.query.split("&") if item))
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-_URL = re.compile(r"https?://[^\s'\"<>]+")
-# The HTTP stack logs every request's full URL (httpx at INFO); its records pass through this filter.
-HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "openai._base_client")
-
-
-class _RedactURLs(logging.Filter):
-    """Rewrites URLs in a log record with :func:`redact_url` (a base_url's credentials never reach a log)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "://" in message:
-            redacted = _URL.sub(lambda m: redact_url(m.group()), message)
-            if redacted != message:
-                record.msg, record.args = redacted, ()
-        return True
-
-
-_REDACT_FILTER = _RedactURLs()
-
-
-def _url_secrets(url: str | None) -> list[str]:
-    """The credential strings inside ``url`` (what :func:`redact_url` hides), longest first."""
-    if not url:
-        return []
-    parts = urlsplit(str(url))
-    found = []
-    if "@" in parts.netloc:
-        userinfo = parts.netloc.rsplit("@", 1)[0]
-        found += [userinfo, *userinfo.split(":")]
-    found += [v for k, _, v in (item.partition("=") for item in parts.query.split("&"))
-              if _SECRET_PARAM.search(k)]
-    # very short pieces (a one-letter user name) would blank ordinary words of a message
-    return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)
-
-
-@dataclass
-class LLMConfig:
-    """Which endpoint and how to sample; saved next to every synthesis artifact (never the key itself)."""
-
-    model: str                               # the served model's name, part of the cache key
-    base_url: str | None = None              # None: OpenAI's; e.g. http://localhost:8000/v1 for vLLM
-    temperature: float = 1.0                 # the paper samples its teacher; 0 is greedy
-    top_p: float = 1.0
-    max_tokens: int = 2048                   # a script or a trajectory fits with room to spare
-    timeout: float = 60.0                    # seconds per HTTP attempt
-    max_retries: int = 5                     # the openai client's retries (backoff 0.5 s doubling, cap 8 s)
-    concurrency: int = 8                     # requests in flight in complete_many
-    api_key_env: str = "OPENAI_API_KEY"      # the variable holding the key; the key is never a parameter
-    price_per_1m_input: float | None = None  # USD per million prompt tokens (None: cost not reported)
-    price_per_1m_output: float | None = None
-    extra: dict = field(default_factory=dict)  # more create() parameters, e.g. {"seed": 0}
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"LLMConfig.{name}={getattr(self, name)!r}: {why}")
-
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise bad("model", "must be a non-empty model name")
-        if self.base_url is not None and (not isinstance(self.base_url, str)
-                                          or urlparse(self.base_url).scheme not in ("http", "https")
-                                          or not urlparse(self.base_url).hostname):
-            raise bad("base_url", "must be None or an http(s) URL such as http://localhost:8000/v1")
-        for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-                raise bad(name, f"must be a number in [{low}, {high}]")
-        for name, low in (("max_tokens", 1), ("max_retries", 0), ("concurrency", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise bad(name, f"must be an integer >= {low}")
-        timeout = self.timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise bad("timeout", "must be a positive number of seconds")
-        if not isinstance(self.api_key_env, str) or not self.api_key_env.strip():
-            raise bad("api_key_env", "must name an environment variable (the key itself never goes here)")
-        for name in ("price_per_1m_input", "price_per_1m_output"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not value >= 0):
-                raise bad(name, "must be None or a price >= 0 (USD per million tokens)")
-        if (self.price_per_1m_input is None) != (self.price_per_1m_output is None):
-            raise bad("price_per_1m_output" if self.price_per_1m_output is None else "price_per_1m_input",
-                      "set both prices or neither")
-        if not isinstance(self.extra, dict):
-            raise bad("extra", "must be a dict of create() parameters")
-        reserved = sorted(set(self.extra) & set(RESERVED_EXTRA))
-        if reserved:
-            raise bad("extra", f"may not set {reserved}: use the LLMConfig fields")
-        try:
-            _canonical(self.extra)
-        except TypeError as error:
-            raise bad("extra", f"must be JSON-serialisable (it is part of the cache key): {error}") from None
-
-    def __repr__(self) -> str:
-        return "LLMConfig(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
-
-    def to_dict(self) -> dict:
-        """The config as plain data to store: names the key's environment variable, never holds the key,
-        and ``base_url`` has its credentials removed (:func:`redact_url`)."""
-        return {**asdict(self), "base_url": redact_url(self.base_url)}
-
-
-@dataclass(frozen=True)
-class Request:
-    """One chat request for :meth:`LLMClient.complete_many`."""
-
-    messages: list[dict]
-    stage: str
-    sample: int = 0
-    prompt_version: str = ""
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One answer. A cache hit reports the tokens the answer originally cost (``cached=True``)."""
-
-    text: str
-    cached: bool
-    prompt_tokens: int
-    completion_tokens: int
-    key: str                  # the cache key (sha256 hex), for usage_of and provenance
-    finish_reason: str = ""   # "length" means the answer was cut at max_tokens
-
-
-class LLMError(RuntimeError):
-    """A request that still failed after the client's retries (or could not be retried).
-
-    Attributes: ``stage``, ``kind`` (``"http"``, ``"timeout"``, ``"connection"``, ``"malformed"``), and
-    ``status`` (the HTTP status, or None).
-    """
-
-    def __init__(self, stage: str, kind: str, status: int | None, detail: str) -> None:
-        self.stage, self.kind, self.status, self.detail = stage, kind, status, detail
-        what = f"HTTP {status}" if status is not None else kind
-        super().__init__(f"LLM request for stage {stage!r} failed: {what}: {detail}")
-
-    def __reduce__(self):  # picklable, so it can cross a process pool
-        return LLMError, (self.stage, self.kind, self.status, self.detail)
 
 
 LEDGER_FIELDS = ("requests", "retries", "errors", "cache_hits", "prompt_tokens", "completion_tokens")
@@ -258,10 +97,9 @@ class LLMClient:
         # the endpoint actually used (None resolves to OpenAI's, or OPENAI_BASE_URL), without credentials:
         # part of the cache key, which is stored in every cache file
         self.endpoint = redact_url(str(self._openai.base_url).rstrip("/"))
-        self._url_secrets = _url_secrets(str(self._openai.base_url))
+        self._url_secrets = url_secrets(str(self._openai.base_url))
         if self._url_secrets:
-            for name in HTTP_LOGGERS:  # idempotent: a filter is added once
-                logging.getLogger(name).addFilter(_REDACT_FILTER)
+            redact_http_logs()
         self._lock = threading.Lock()
         self._key_locks: dict[str, list] = {}  # key -> [Lock, users]: one API call per key at a time
         self._ledger: dict[str, dict] = {}
@@ -294,7 +132,7 @@ class LLMClient:
     def cache_key(self, messages: list[dict], sample: int = 0, prompt_version: str = "") -> str:
         """sha256 of the canonical JSON of :meth:`request_identity`."""
         identity = self.request_identity(messages, sample, prompt_version)
-        return hashlib.sha256(_canonical(identity).encode()).hexdigest()
+        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
 
     def cache_path(self, key: str) -> Path:
         """``<cache_dir>/<first 2 hex digits>/<key>.json``: sharded so no directory grows huge."""
@@ -523,11 +361,6 @@ class LLMClient:
             out["completion_tokens"] += completion
         out["cost"] = self.cost(out["prompt_tokens"], out["completion_tokens"])
         return out
-
-
-def _canonical(obj) -> str:
-    """Canonical JSON: sorted keys, no whitespace, so equal requests hash equally."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _check_request(messages, stage, sample, prompt_version) -> None:

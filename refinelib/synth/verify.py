@@ -50,8 +50,6 @@ prefix is *i*. Failures after the loop that a continuation can fix (``error_not_
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -60,6 +58,8 @@ from typing import TYPE_CHECKING
 import regex
 
 from refinelib.schema import FLAGS, error_episodes, flags_set
+from refinelib.synth.codes import REGEX_TIMEOUT, RegexTimeout, compile_code, full_match
+from refinelib.synth.parse import parse_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,41 +101,6 @@ REASONS = {
 }
 SCRIPT_REASONS = frozenset(r for r in REASONS if r.startswith("script_"))
 EXTRA_REASONS = frozenset({"role_order", "turn_numbering", "error_not_refined", "too_few_episodes"})
-# Seconds one verification code may take to match one action. Codes are written by an LLM, and one
-# catastrophic pattern such as ``^(a|a)*$`` would otherwise stall a whole batch.
-REGEX_TIMEOUT = 0.5
-
-
-class RegexTimeout(TimeoutError):
-    """A verification code did not finish matching within :data:`REGEX_TIMEOUT` seconds."""
-
-
-@functools.lru_cache(maxsize=4096)  # regex.compile's own cache lookup costs ~10x re's; scripts repeat codes
-def compile_code(pattern: str) -> regex.Pattern:
-    """Compile a verification code (``re`` syntax) with the ``regex`` package, whose matches take a timeout.
-
-    Raises:
-        regex.error: the pattern does not compile.
-    """
-    return regex.compile(pattern)
-
-
-def full_match(code: regex.Pattern, text: str):
-    """``code.fullmatch(text)`` within :data:`REGEX_TIMEOUT` seconds; :class:`RegexTimeout` past it.
-
-    >>> full_match(compile_code(r"cat (.+)"), "cat notes.txt").group(1)
-    'notes.txt'
-    >>> try:  # catastrophic backtracking: stopped at the time limit
-    ...     full_match(compile_code(r"^(a|a)*$"), "a" * 40 + "!")
-    ... except RegexTimeout as error:
-    ...     print(str(error)[:50])
-    verification code '^(a|a)*$' took over 0.5 s to ma
-    """
-    try:
-        return code.fullmatch(text, timeout=REGEX_TIMEOUT)
-    except TimeoutError:
-        raise RegexTimeout(f"verification code {code.pattern!r} took over {REGEX_TIMEOUT} s to match "
-                           f"{text[:80]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -161,87 +126,6 @@ class Verdict:
 
 
 # ---------------------------------------------------------------------------------------------- JSON
-
-
-class _Object(dict):
-    """A parsed JSON object that remembers keys it saw twice (json.loads keeps the last silently)."""
-
-    duplicates: tuple = ()
-
-
-def _object_hook(pairs):
-    obj = _Object(pairs)
-    if len(obj) != len(pairs):
-        seen, dups = set(), []
-        for key, _ in pairs:
-            if key in seen:
-                dups.append(key)
-            seen.add(key)
-        obj.duplicates = tuple(dups)
-    return obj
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_object_hook)
-_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.S)
-_MAX_STARTS = 2000  # bracket positions tried in prose before giving up (bounds the work on garbage)
-
-
-def parse_json(text, want: type = object):
-    """Extract a JSON value of type ``want`` (``list``, ``dict`` or ``object``) from model text.
-
-    Tries, in order: the whole text; each fenced block (```json ... ```); the longest JSON value of the
-    wanted type that starts at some ``[`` or ``{`` in the text (prose around it is ignored). Parsed
-    objects (anything not ``str``/``bytes``) are returned as they are.
-
-    Returns:
-        ``(value, None)`` or ``(None, why)``; never raises.
-
-    >>> parse_json('Here it is:\\n```json\\n[{"a": 1}]\\n```\\nDone.', list)
-    ([{'a': 1}], None)
-    >>> parse_json('Sure! {"Goal": "x"} Hope this helps.', dict)
-    ({'Goal': 'x'}, None)
-    """
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8", errors="replace")
-    if not isinstance(text, str):
-        return text, None
-    wanted = (want,) if want is not object else (list, dict)
-
-    def whole(candidate: str):
-        try:
-            value = _DECODER.decode(candidate.strip())
-        except (ValueError, RecursionError):
-            return None
-        return value if isinstance(value, wanted) else None
-
-    for candidate in (text, *(m.group(1) for m in _FENCE.finditer(text))):
-        value = whole(candidate)
-        if value is not None:
-            return value, None
-    best, best_len, pos, tries = None, -1, 0, 0
-    openers = "[" if wanted == (list,) else "{" if wanted == (dict,) else "[{"
-    while tries < _MAX_STARTS:
-        starts = [i for i in (text.find(c, pos) for c in openers) if i >= 0]
-        if not starts:
-            break
-        start, tries = min(starts), tries + 1
-        try:
-            value, end = _DECODER.raw_decode(text, start)
-        except (ValueError, RecursionError):
-            pos = start + 1
-            continue
-        if isinstance(value, wanted):
-            if end - start > best_len:
-                best, best_len = value, end - start
-            pos = end  # values nested inside this one are shorter
-        else:
-            pos = start + 1
-    if best is not None:
-        return best, None
-    kind = {list: "JSON list", dict: "JSON object"}.get(want, "JSON value")
-    if not text.strip():
-        return None, "the text is empty"
-    return None, f"no {kind} could be parsed from the text ({len(text)} characters)"
 
 
 # -------------------------------------------------------------------------------------------- script
@@ -407,6 +291,8 @@ def _schema(turn, i: int) -> tuple[str, str] | None:
     return None
 
 
+# One long function on purpose: Algorithm 1's checks read top to bottom in the order the module docstring
+# lists them, each returning the first failure's verdict; split up, the order would hide in the calls.
 def verify(script, trajectory, min_error_episodes: int = 2, strict: bool = True,
            goal_check: Callable | None = None) -> Verdict:
     """Verify a trajectory against its script (Algorithm 1 plus our extra checks; see the module docstring).

@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any
 
 from refinelib.schema import FLAGS
-from refinelib.synth.verify import compile_code, full_match
+from refinelib.synth.codes import compile_code, full_match
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 FORMAT_ERROR = "Error: invalid command format."

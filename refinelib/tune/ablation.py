@@ -13,7 +13,9 @@ is a :class:`Variant` (which data, which mask policy) trained with :mod:`refinel
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,13 +91,14 @@ def train_variant(name: str, records: Sequence[Mapping], output_dir: str | Path,
             asks for it, so every variant sees the same trajectories).
         output_dir: the model's folder (``adapter/``, ``manifest.json``, ``loss_history.csv``).
         validation_records: held-out records (transformed like ``records``); None: no validation loss.
-        **config: further :class:`refinelib.tune.train.TrainConfig` fields (``max_steps``,
+        **config: further :class:`refinelib.tune.train_config.TrainConfig` fields (``max_steps``,
         ``learning_rate``...).
 
     Returns:
         ``(output_dir, trained)``: ``trained`` is False when an earlier identical training was reused.
     """
-    from refinelib.tune.train import TrainConfig, train
+    from refinelib.tune.train import train
+    from refinelib.tune.train_config import TrainConfig
 
     chosen = variant(name)
     out = Path(output_dir)
@@ -163,3 +166,117 @@ def heldout_losses(model, tokenizer, records: Sequence[Mapping], max_length: int
             "refinement_turn_loss": (sums["refinement_turn_loss"][0] / sums["refinement_turn_loss"][1]
                                      if sums["refinement_turn_loss"][1] else float("nan")),
             "refinement_tokens": sums["refinement_turn_loss"][1]}
+
+
+# ----- chapter 07: the data, the models ------------------------------------------------------------------
+def load_refinement(data_run_id: str, validation_records: int) -> tuple[list[dict], list[dict]]:
+    """Synthesis run ``data_run_id``'s refinement dataset: its train split, and the first
+    ``validation_records`` of its validation split (the held-out trajectories of the losses).
+
+    Raises:
+        FileNotFoundError: the run has no refinement dataset (naming the chapter that writes it).
+    """
+    from refinelib.data import dataset
+    from refinelib.paths import dataset_dir
+
+    folder = dataset_dir(data_run_id, "refinement")
+    if not (folder / "train.jsonl").is_file():
+        raise FileNotFoundError(f"no refinement dataset at {folder}; run notebook 02_refinement_synthesis "
+                                f"first (or pass data_run_id of a run that has one)")
+    return dataset.load(folder, "train"), dataset.load(folder, "validation")[:validation_records]
+
+
+def resolve_sizes(sizes: Sequence[int | str], available: int) -> list[int]:
+    """The data-scaling sizes as counts: ``"all"`` is the whole training split of ``available`` records.
+
+    Raises:
+        ValueError: a size that is not between 1 and ``available`` (before any training).
+    """
+    resolved = [available if size == "all" else size for size in sizes]
+    too_many = [size for size in resolved if not isinstance(size, int) or not 1 <= size <= available]
+    if too_many:
+        raise ValueError(f"sizes {too_many}: the training split holds {available} trajectories; "
+                         'use sizes from 1 to that, or "all" for the whole split')
+    return resolved
+
+
+def subset_table(subsets: Mapping[int, Sequence[Mapping]], heldout: Sequence[Mapping]):
+    """Trajectories and erroneous turns of every training subset and of the held-out set."""
+    import pandas as pd
+
+    from refinelib.schema import erroneous_turns
+
+    named = [*((f"train subset {n}", r) for n, r in subsets.items()), ("held-out", heldout)]
+    return pd.DataFrame([{"set": name, "trajectories": len(r),
+                          "erroneous turns": sum(len(erroneous_turns(x)) for x in r)} for name, r in named])
+
+
+@dataclass
+class AblationModels:
+    """The models of the ablation chapter: ``{label: folder}`` with where each came from."""
+
+    folders: dict[str, str]
+    origin: dict[str, str]
+    seconds: dict[str, float]    # training time of the models trained (or reused) here
+    scaling: dict[int, str]      # data-scaling curve: {trajectories: label}
+    from_tuning: bool            # the variants are chapter 03's models
+    settings: dict               # the training settings of the models trained here
+
+    def describe(self) -> str:
+        """Where the models come from, and how the ones trained here were trained."""
+        if self.from_tuning:
+            return "notebook 03's models are used for the variants, the scaling models are trained here"
+        steps, batch = self.settings["max_steps"], self.settings["batch_size"]
+        return (f"every model trained here: {steps} steps of batch {batch} (at most {steps * batch} "
+                f"trajectories seen), lr {self.settings['learning_rate']}, "
+                f"LoRA on the top {self.settings.get('lora_top_layers') or 'all'} layers")
+
+    def table(self):
+        """One row per model: label, origin, training seconds, folder."""
+        import pandas as pd
+
+        return pd.DataFrame([{"model": k, "origin": self.origin[k], "seconds": self.seconds.get(k),
+                              "folder": f} for k, f in self.folders.items()])
+
+
+def ablation_models(variants: Sequence[str], subsets: Mapping[int, Sequence[Mapping]], out_dir: str | Path,
+                    tuning_run_id: str | None = None, **settings) -> AblationModels:
+    """Every variant on the largest subset and the ``refine`` data-scaling models on every subset.
+
+    The variants are chapter 03's models (run ``tuning_run_id``) when it trained every one of them, so the
+    rows share one training setup; otherwise every model is trained here (:func:`train_variant` into
+    ``out_dir/<label>``, reusing an identical earlier training) with ``settings``
+    (:class:`refinelib.tune.train_config.TrainConfig` fields). The scaling models are always trained here
+    (the largest is the ``refine`` variant when that is trained here too), so one curve never mixes two
+    training setups.
+
+    Raises:
+        ValueError: the scaling models would not share one base model.
+    """
+    from refinelib.paths import model_dir
+
+    from_tuning = tuning_run_id is not None and all(
+        (model_dir(tuning_run_id, v) / "manifest.json").is_file() for v in variants)
+    largest = max(subsets)
+    scaling = {n: "refine" if n == largest and not from_tuning else f"refine@{n}" for n in sorted(subsets)}
+    jobs = [(v, largest, v) for v in variants] + [("refine", n, label) for n, label in scaling.items()
+                                                   if label != "refine"]
+    models = AblationModels({}, {}, {}, scaling, from_tuning, dict(settings))
+    for name, size, label in jobs:
+        if from_tuning and label == name:
+            models.folders[label] = str(model_dir(tuning_run_id, name))
+            models.origin[label] = f"notebook 03 ({tuning_run_id})"
+            continue
+        started = time.time()
+        folder, trained = train_variant(name, subsets[size], Path(out_dir) / label, **settings)
+        models.folders[label], models.seconds[label] = str(folder), round(time.time() - started, 1)
+        models.origin[label] = "trained here" if trained else "trained here (reused)"
+    bases = {label: _base_model(models.folders[label]) for label in scaling.values()}
+    if len(set(bases.values())) > 1:  # before any episode is played
+        raise ValueError(f"the data-scaling curve would mix base models: {bases}")
+    return models
+
+
+def _base_model(folder: str | Path) -> str:
+    """The base model a finished training in ``folder`` tuned (its manifest's config)."""
+    return json.loads((Path(folder) / "manifest.json").read_text())["config"]["base_model"]

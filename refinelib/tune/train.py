@@ -27,14 +27,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
 import time
-import typing
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,218 +41,21 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import DataCollatorWithFlattening, PrinterCallback, Trainer, TrainingArguments, set_seed
-from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import SchedulerType, get_last_checkpoint
+from transformers import PrinterCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from refinelib import runs
 from refinelib.manifest import package_versions, write_manifest
 from refinelib.tune import models
-from refinelib.tune.masking import IGNORE_INDEX, POLICIES, Rendered, render_many
+from refinelib.tune.masking import Rendered, render_many
+from refinelib.tune.train_config import TrainConfig
+from refinelib.tune.trainer import PaddedCollator, RefineTrainer, check_padding_free, padding_free_collator
 
 RUN_FILE = "run.json"             # identity (config, data fingerprint, code) of the checkpoints' run
 LOSS_FILE = "loss_history.csv"
 # Fields that may change between an interrupted run and its resumption without changing what is trained.
 # micro_batch_size and supervised_logits_only change how, not what: the same loss and gradient per step.
 RESUMABLE_CHANGES = {"num_threads", "merge", "save_total_limit", "micro_batch_size", "supervised_logits_only"}
-
-
-def _field(default, help: str, **rules):
-    """A :class:`TrainConfig` field: default, help text (``train_cli --help`` prints it) and value rules.
-
-    ``rules``: ``choices`` (the allowed non-numeric values); ``min`` (inclusive), ``above`` and ``below``
-    (exclusive) bounds for numbers. The accepted types come from the annotation.
-    """
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **rules})
-    return field(default=default, metadata={"help": help, **rules})
-
-
-@dataclass
-class TrainConfig:
-    """Everything a refinement-tuning run depends on; saved in ``manifest.json`` (records by fingerprint).
-
-    Every field is checked when the config is made (type, range, choices), so a bad value fails with one
-    error naming the field before any model loads. Numbers given as strings (YAML reads ``2e-5`` as one)
-    are converted when they parse exactly as numbers.
-    """
-
-    # Model
-    base_model: str = _field(models.DEFAULT_MODEL, "SmolLM2-135M-Instruct ships offline; or a local model "
-                             "directory, or a Hugging Face id in the local cache")
-    method: str = _field("lora", "'lora': cheap on CPU, small artifact; 'full': the paper's setting",
-                         choices=("lora", "full"))
-    # Data
-    train_file: str | None = _field(None, "JSONL in the released schema (method.md section 7)")
-    validation_file: str | None = _field(None, "a held-out JSONL; otherwise eval_fraction of train is "
-                                         "held out")
-    train_records: list[dict] | None = field(default=None, repr=False, metadata={
-        "help": "records in memory instead of train_file (not settable from a command line)"})
-    validation_records: list[dict] | None = field(default=None, repr=False, metadata={
-        "help": "records in memory instead of validation_file (not settable from a command line)"})
-    eval_fraction: float = _field(0.1, "validation share split off train when none is given; 0 = no "
-                                  "validation", min=0, below=1)
-    mask_policy: str = _field("refine", "which assistant turns are trained: the paper's row and its two mask "
-                              "ablations (masking.POLICIES)", choices=POLICIES)
-    max_length: int = _field(2048, "tokens per example; trajectories are ~1k tokens (method.md section 7); "
-                             "later turns are dropped whole", min=2)
-    # LoRA (ignored for method="full")
-    lora_r: int = _field(16, "LoRA rank: enough for format and recovery behaviour; 3.6 % of SmolLM2", min=1)
-    lora_alpha: int = _field(32, "LoRA scale numerator; alpha = 2r, so the learning rate transfers across "
-                               "r", above=0)
-    lora_dropout: float = _field(0.0, "0.05 cost SmolLM2 on CPU +9 % time, +1.6 GB peak (train_speed.py)",
-                                 min=0, below=1)
-    lora_target_modules: str | list[str] = _field("all-linear", "modules with adapters; 'all-linear' (every "
-                                                  "projection) beats q/v only at equal r")
-    lora_top_layers: int | None = _field(None, "LoRA on the top N layers only: backward stops early; "
-                                         "None or 0 = every layer", min=0)
-    # Optimisation
-    epochs: float = _field(3.0, "passes over the data (method.md section 10's starting point)", above=0)
-    max_steps: int = _field(-1, "optimizer steps; > 0 overrides epochs (smoke runs); -1 or 0: use epochs",
-                           min=-1)
-    learning_rate: float = _field(2e-4, "LoRA's usual; use ~2e-5 for full fine-tuning of an 8B model",
-                                above=0)
-    lr_scheduler: str = _field("cosine", "learning-rate schedule (method.md section 10)",
-                               choices=tuple(s.value for s in SchedulerType))
-    warmup_ratio: float = _field(0.03, "share of the steps spent warming up (method.md section 10: 3 %)",
-                                 min=0, below=1)
-    weight_decay: float = _field(0.0, "no decay: short runs, and LoRA factors start at zero anyway", min=0)
-    batch_size: int = _field(4, "examples per optimizer step and device (the batch the loss averages "
-                             "over, whatever micro_batch_size is)", min=1)
-    grad_accumulation: int = _field(1, "batches per optimizer step; raise on GPUs toward the paper's global "
-                                    "batch of 64", min=1)
-    micro_batch_size: int | str = _field("auto", "examples per forward/backward pass; a batch is split into "
-                                         "micro-batches with the same loss and gradient. 'auto': 1 on a CPU "
-                                         "(no padding, a quarter of the activations at batch 4), batch_size "
-                                         "on a GPU", choices=("auto",), min=1)
-    seed: int = _field(0, "model init (LoRA factors), data order, dropout, and the split", min=0)
-    # Batching and hardware
-    padding_free: bool = _field(False, "pack each micro-batch into one row with position_ids resets (no "
-                                "padding)")
-    group_by_length: bool = _field(True, "batches of similar lengths: little padding, same maths")
-    supervised_logits_only: bool = _field(True, "LM head and loss only at supervised positions: the same "
-                                          "loss without full-vocabulary logits for masked context")
-    bf16: bool | str = _field("auto", "'auto': on where the GPU supports bf16; CPUs are slow in it",
-                              choices=(True, False, "auto"))
-    gradient_checkpointing: bool | str = _field("auto", "'auto': on with CUDA (memory-bound), off on CPU "
-                                                "(slower)", choices=(True, False, "auto"))
-    num_threads: int | str | None = _field("auto", "torch threads during training (restored after); 'auto': "
-                                           "the cores other processes leave idle, measured when training "
-                                           "starts (oversubscribed OpenMP threads lost 3-6x); None: torch's "
-                                           "default", choices=("auto",),
-                                           min=1)
-    # Outputs
-    output_dir: str = _field("artifacts/train/dev", "checkpoints, adapter/model, loss table and manifest")
-    save_steps: int = _field(50, "checkpoint period: what an interruption can cost", min=1)
-    save_total_limit: int | None = _field(2, "keep the newest checkpoints only (disk), enough to resume; "
-                                          "None keeps all", min=1)
-    eval_steps: int | None = _field(None, "validation-loss period; None = every save_steps", min=1)
-    logging_steps: int = _field(1, "one loss row per logging_steps optimizer steps in loss_history.csv",
-                                min=1)
-    merge: bool = _field(False, "also write merged/ (LoRA folded in) for engines without peft")
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _checked(f, getattr(self, f.name)))
-        if (self.train_file is None) == (self.train_records is None):
-            raise ValueError("TrainConfig: give exactly one of train_file and train_records")
-        if self.validation_file is not None and self.validation_records is not None:
-            raise ValueError("TrainConfig: give at most one of validation_file and validation_records")
-        if self.micro_batch_size != "auto" and self.batch_size % self.micro_batch_size:
-            raise ValueError(f"TrainConfig.micro_batch_size: {self.micro_batch_size} does not divide "
-                             f"batch_size {self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values; in-memory records appear as a count (the fingerprint has them)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # no deep copy of records
-        for name in ("train_records", "validation_records"):
-            out[name] = None if out[name] is None else f"<{len(out[name])} records in memory>"
-        return out
-
-
-_HINTS = typing.get_type_hints(TrainConfig)  # the annotations as types (they are strings in this module)
-
-
-def check_field(name: str, value):
-    """``value`` as :class:`TrainConfig` field ``name`` would store it; one ``ValueError`` naming the field
-    when its type, range or choices do not allow it (what ``__post_init__`` runs for every field)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if name not in fields:
-        raise ValueError(f"TrainConfig has no field {name!r}")
-    return _checked(fields[name], value)
-
-
-def _checked(f: dataclasses.Field, value):
-    """``value`` for field ``f`` if its type and rules allow it (numbers in strings converted), else raise.
-
-    >>> _checked(next(f for f in dataclasses.fields(TrainConfig) if f.name == "learning_rate"), "2e-5")
-    2e-05
-    """
-    kinds = typing.get_args(_HINTS[f.name]) or (_HINTS[f.name],)
-    rules, name = f.metadata, f"TrainConfig.{f.name}"
-    if value is None:
-        if type(None) in kinds:
-            return None
-        raise ValueError(f"{name} must not be None")
-    if isinstance(value, os.PathLike) and str in kinds:
-        value = os.fspath(value)
-    numeric = int if int in kinds else float if float in kinds else None
-    if isinstance(value, str) and numeric and value not in rules.get("choices", ()):
-        value = _number(value, numeric, name)  # YAML reads 2e-5 as a string; a CLI gives "4"
-    if isinstance(value, bool) and bool not in kinds:
-        raise ValueError(f"{name} must be {_kind_names(kinds)}, not {value!r}")
-    if isinstance(value, int) and not isinstance(value, bool) and float in kinds:
-        value = float(value)
-    if isinstance(value, float) and int in kinds and float not in kinds:
-        if not value.is_integer():
-            raise ValueError(f"{name} must be a whole number, not {value!r}")
-        value = int(value)
-    if isinstance(value, tuple):
-        value = list(value)
-    if not any(_is(value, kind) for kind in kinds if kind is not type(None)):
-        raise ValueError(f"{name} must be {_kind_names(kinds)}, not {value!r} ({type(value).__name__})")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        bounds = {"min": (">=", lambda bound: value >= bound), "above": (">", lambda bound: value > bound),
-                  "below": ("<", lambda bound: value < bound)}
-        rules_here = [(sign, rules[rule], ok) for rule, (sign, ok) in bounds.items() if rule in rules]
-        if math.isnan(value) or not all(ok(bound) for _, bound, ok in rules_here):
-            wanted = " and ".join(f"{sign} {bound}" for sign, bound, _ in rules_here) or "a number"
-            raise ValueError(f"{name} must be {wanted}, not {value!r}")
-    elif "choices" in rules and value not in rules["choices"]:
-        raise ValueError(f"{name} must be one of {list(rules['choices'])}, not {value!r}")
-    if f.name in ("base_model", "output_dir", "train_file", "validation_file") and not value.strip():
-        raise ValueError(f"{name} must not be empty")
-    return value
-
-
-def _number(text: str, kind: type, name: str):
-    """``text`` as a number of ``kind`` ("2e-5" -> 2e-05, "4" -> 4, "4.0" -> 4); anything else raises."""
-    try:
-        number = float(text.strip())
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {text!r}") from None
-    if kind is int:
-        if not number.is_integer():
-            raise ValueError(f"{name} must be a whole number, not {text!r}")
-        return int(number)
-    return number
-
-
-def _is(value, kind) -> bool:
-    """isinstance for the annotations TrainConfig uses (``list[str]``, ``list[dict]`` included)."""
-    origin = typing.get_origin(kind)
-    if origin is list:
-        (item,) = typing.get_args(kind)
-        item = Mapping if item is dict else item
-        return isinstance(value, list) and all(isinstance(v, item) for v in value)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
-
-def _kind_names(kinds) -> str:
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-    return " or ".join(names.get(k, str(k).replace("typing.", "")) for k in kinds if k is not type(None))
 
 
 @dataclass
@@ -313,178 +114,6 @@ def fingerprint(examples: Iterable[Rendered]) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class PaddedCollator:
-    """Right-pad a batch: ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask`` 0.
-
-    >>> batch = PaddedCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-    ...                                         {"input_ids": [8], "labels": [8]}])
-    >>> batch["labels"].tolist(), batch["attention_mask"].tolist()
-    ([[-100, 6, 7], [8, -100, -100]], [[1, 1, 1], [1, 0, 0]])
-    """
-
-    pad_token_id: int
-
-    def __call__(self, features: Sequence[Mapping]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        ids, labels, attention = [], [], []
-        for f in features:
-            pad = width - len(f["input_ids"])
-            ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
-            attention.append([1] * len(f["input_ids"]) + [0] * pad)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(attention)}
-
-
-def padding_free_collator():
-    """Concatenate a batch into one row; ``position_ids`` restart at 0 for each example.
-
-    With no ``attention_mask``, transformers derives a block-diagonal mask from the position resets
-    (eager / sdpa) or uses variable-length kernels (flash attention); each example's first label becomes
-    -100, which never matters here (no template starts with a trained token). :func:`check_padding_free`
-    verifies that the model really keeps the examples apart.
-    """
-    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
-
-
-def check_padding_free(model, examples: Sequence[Rendered], atol: float = 1e-4) -> float:
-    """Max ``|logit difference|`` between packed and separate forward passes of two examples; raise if > atol.
-
-    Packing is only correct when the attention implementation honours the position-id resets (and only
-    without a KV cache, which training never uses), so this is checked on the actual model before training.
-    """
-    pair = sorted(examples, key=lambda e: len(e.input_ids))[:2]
-    if len(pair) < 2:
-        return 0.0
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        batch = padding_free_collator()([e.features() for e in pair])
-        packed = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                       use_cache=False).logits[0]
-        diff, offset = 0.0, 0
-        for example in pair:
-            ids = torch.tensor([example.input_ids], device=device)
-            alone = model(input_ids=ids, use_cache=False).logits[0]
-            n = len(example.input_ids)
-            diff = max(diff, (packed[offset:offset + n] - alone).abs().max().item())
-            offset += n
-    model.train(was_training)
-    if diff > atol:
-        raise RuntimeError(f"padding_free: packed examples attend to each other (max logit difference "
-                           f"{diff:.3g}, attention '{model.config._attn_implementation}'); "
-                           "use padding_free=False")
-    return diff
-
-
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped batches whose order depends only on (seed, epoch).
-
-    transformers' ``LengthGroupedSampler`` permutes with the global torch RNG when an epoch starts, so a run
-    resumed mid-epoch saw a different order than the uninterrupted run (measured: the losses part at the
-    first step after the checkpoint). Seeding per epoch, as accelerate does for the plain random sampler,
-    makes resumption exact.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer at every epoch start."""
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-def supervised_loss(model, inputs: Mapping, labels: torch.Tensor, num_items_in_batch=None, head=None):
-    """The causal-LM loss with the LM head applied only at supervised positions.
-
-    Equal to the model's own ``loss`` for the same ``labels`` (mean over supervised next-token
-    predictions, or their sum over ``num_items_in_batch``), but the full-vocabulary logits of masked
-    context, most of an agent trajectory, are never made: a forward pre-hook on the output embedding
-    keeps only the hidden states whose next token is supervised. The forward pass still goes through
-    ``model`` itself, so wrappers (peft, DDP, FSDP, DeepSpeed) see an ordinary call.
-
-    Args:
-        model: a causal LM (or a wrapper whose forward reaches one).
-        inputs: the model's inputs without ``labels`` (input_ids, attention_mask or position_ids).
-        labels: ``[batch, length]``, -100 where nothing is trained.
-        num_items_in_batch: the supervised-token count of the whole accumulated batch (Trainer's
-            gradient-accumulation normalisation); None: this batch's own count.
-        head: the output embedding module; found on ``model`` when None.
-
-    Returns:
-        ``(loss, outputs)``; ``outputs.logits`` holds only the supervised positions, ``[n, vocab]``.
-    """
-    head = head if head is not None else _output_embeddings(model)
-    keep = labels[..., 1:] != IGNORE_INDEX
-
-    def select(module, args):
-        hidden = args[0]
-        if hidden.shape[:2] != labels.shape:
-            raise RuntimeError(f"supervised_logits_only: the LM head saw hidden states {tuple(hidden.shape)} "
-                               f"for labels {tuple(labels.shape)}; use supervised_logits_only=False here")
-        return (hidden[:, :-1][keep], *args[1:])
-
-    hook = head.register_forward_pre_hook(select)
-    try:
-        outputs = model(**inputs, use_cache=False)
-    finally:
-        hook.remove()
-    # float(): the same upcast as transformers' ForCausalLMLoss, so bf16 runs get the same loss too
-    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels[..., 1:][keep], reduction="sum")
-    return loss / (keep.sum() if num_items_in_batch is None else num_items_in_batch), outputs
-
-
-def _output_embeddings(model):
-    """The LM head of ``model`` under any wrappers (DDP's ``module``, peft's base model)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model.get_output_embeddings()
-
-
-class RefineTrainer(Trainer):
-    """``Trainer`` with exactly resumable length-grouped batches and the loss at supervised positions only.
-
-    * :class:`EpochSeededLengthGroupedSampler` replaces the global-RNG one.
-    * With ``supervised_logits_only``, :func:`supervised_loss` computes the loss, always normalised by
-      the supervised tokens of the whole optimizer batch, so a batch split into micro-batches gives the
-      same loss and gradient as the batch in one pass.
-    """
-
-    def __init__(self, *args, supervised_logits_only: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.supervised_logits_only = supervised_logits_only
-        if supervised_logits_only:
-            # makes the Trainer count the whole batch's supervised tokens (num_items_in_batch) for
-            # compute_loss below, which divides by them itself (the model never sees the count)
-            self.model_accepts_loss_kwargs = True
-
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if type(sampler) is LengthGroupedSampler:
-            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.data_seed)
-        return sampler
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.supervised_logits_only or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        loss, outputs = supervised_loss(model, inputs, labels, num_items_in_batch, head=head)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # as Trainer.compute_loss: the count is summed over processes, and DDP averages gradients
-            loss_scale = self.accelerator.num_processes // self.get_tp_size()
-            loss = loss * (loss_scale if self.args.n_gpu <= 1 else self.args.n_gpu)
-        return (loss, outputs) if return_outputs else loss
-
-
 def train(config: TrainConfig, callbacks: Sequence = ()) -> TrainResult:
     """Fine-tune ``config.base_model`` on the masked records; resume if ``output_dir`` holds checkpoints.
 
@@ -525,6 +154,8 @@ def _check_paths(config: TrainConfig) -> None:
         raise FileNotFoundError(f"TrainConfig.base_model: {error}") from None
 
 
+# Long on purpose: one training run in the order it happens (data, checks, model, trainer, resume, save,
+# manifest), every step needing the ones before it; the pieces with logic of their own are functions.
 def _train(config: TrainConfig, callbacks: Sequence, out: Path, stack: contextlib.ExitStack) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = models.load_tokenizer(config.base_model)
