@@ -4,7 +4,7 @@ The notebooks' markdown cells are fixed text; the run they sit next to changes w
 every build. A number typed there ("refine beats expert_only by 12.5 points") goes stale silently, so the
 prose may hold digits only where they are not results: the allow-list below, one pattern per kind of
 label, each with the reason it is not a result. Everything else with a digit is reported, with its context.
-Results are printed by code cells (the chapters' computed sentences, ``claims.explain``).
+Results are printed by code cells (the chapters' computed sentences, ``findings.explain``).
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refinelib.analysis import claims, metrics
+from refinelib.analysis import claims, design, findings, metrics, power
 from refinelib.analysis.claims import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED
 from refinelib.envs.perturb import get_rule
 from refinelib.eval.episodes import AgentTurn, Episode
+from refinelib.report import gather, plots
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "experiment_design.md"
 # A claim of (c)'s shape on one synthetic suite: refine - expert_only progress > 0.
@@ -76,7 +77,7 @@ def test_a_clear_effect_on_too_few_pairs_is_still_inconclusive():
 
 
 def test_no_effect_on_enough_pairs_is_contradicted_by_equivalence_but_not_on_a_small_run():
-    need = claims.pairs_for_equivalence(claims.MARGIN, claims.RATE_SD)
+    need = power.pairs_for_equivalence(claims.MARGIN, claims.RATE_SD)
     first, second = _noise(need, 0.0, seed=3)
     row = _evaluate(_paired(first, second))
     assert row.verdict == CONTRADICTED and "equivalence" in row.reason
@@ -185,24 +186,24 @@ def test_the_paired_bootstrap_interval_covers_the_truth_at_its_level():
 
 
 def test_mde_is_the_closed_form_and_monotone():
-    assert claims.mde(1, 1.0) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
-    assert claims.mde(100, 0.5) == pytest.approx((1.959964 + 0.841621) * 0.05, abs=1e-6)
+    assert power.mde(1, 1.0) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
+    assert power.mde(100, 0.5) == pytest.approx((1.959964 + 0.841621) * 0.05, abs=1e-6)
     ns = [5, 10, 20, 40, 80, 160]
-    values = [claims.mde(n, 0.4) for n in ns]
+    values = [power.mde(n, 0.4) for n in ns]
     assert all(a > b for a, b in zip(values, values[1:], strict=False))
-    assert claims.mde(20, 0.7) > claims.mde(20, 0.4)
-    assert claims.mde(20, 0.4, power=0.9) > claims.mde(20, 0.4) > claims.mde(20, 0.4, alpha=0.1)
+    assert power.mde(20, 0.7) > power.mde(20, 0.4)
+    assert power.mde(20, 0.4, power=0.9) > power.mde(20, 0.4) > power.mde(20, 0.4, alpha=0.1)
 
 
 @pytest.mark.parametrize(("effect", "sd"), [(0.3, 0.41), (0.1, 0.71), (0.45, 0.77)])
 def test_pairs_needed_inverts_mde(effect, sd):
-    n = claims.pairs_needed(effect, sd)
-    assert claims.mde(n, sd) <= effect < claims.mde(n - 1, sd)
+    n = power.pairs_needed(effect, sd)
+    assert power.mde(n, sd) <= effect < power.mde(n - 1, sd)
 
 
 def test_the_verdict_rule_has_the_planned_power_at_the_planned_size():
     effect, sd = 0.25, 0.5
-    n = claims.pairs_needed(effect, sd)  # 32
+    n = power.pairs_needed(effect, sd)  # 32
     rng = np.random.default_rng(1)
     hits = [metrics.bootstrap_ci(rng.normal(effect, sd, n), n_boot=400, seed=t)[0] > 0 for t in range(300)]
     assert 0.72 <= np.mean(hits) <= 0.9  # 0.8 planned; the percentile interval is a little narrow at n=32
@@ -266,7 +267,7 @@ def _verdicts():
 def test_explain_says_what_was_shown_what_was_not_and_the_scale_from_the_run():
     v = _verdicts()
     assert v.verdict.tolist() == [REPRODUCED, INCONCLUSIVE, NOT_RUN]
-    text = claims.explain(v)
+    text = findings.explain(v)
     assert "Reproduced here: (c) refinement generalises." in text
     assert "Still open: (e) the mask matters, the 95% interval includes 0." in text
     assert "Not run: (a) memorisation." in text
@@ -292,7 +293,7 @@ def test_plot_draws_each_difference_with_its_interval_and_the_papers_values():
 
     v = _verdicts()
     fig, ax = plt.subplots()
-    assert claims.plot_verdicts(v, ax=ax) is ax
+    assert plots.plot_verdicts(v, ax=ax) is ax
     assert len(ax.get_yticklabels()) == 3
     paper = [c for c in ax.collections if c.get_label() == "the paper's difference"][0]
     assert sorted(paper.get_offsets()[:, 0]) == sorted(v.paper_difference)  # direction +1: as printed
@@ -304,7 +305,7 @@ def test_plot_draws_each_difference_with_its_interval_and_the_papers_values():
 # ----- the design document -------------------------------------------------------------------------------
 def test_the_design_document_shows_the_librarys_tables():
     text = DOC.read_text()
-    for block in claims.design_markdown():
+    for block in design.design_markdown():
         assert block in text
 
 
@@ -314,16 +315,16 @@ def test_the_design_documents_constants_are_the_librarys():
     text = " ".join(DOC.read_text().split())
     for phrase in (f"fewer than {claims.MIN_PAIRS} pairs", f"δ = {100 * claims.MARGIN:.0f} points",
                    f"{claims.N_BOOT:,} resamples", f"σ = {claims.SUCCESS_SD:.2f}", f"= {claims.RATE_SD:.2f}",
-                   f"= {claims.did_sd():.2f}", f"= {claims.mde(1, 1):.2f} σ / √n",
-                   *(f"**{d.per_suite}**" for d in claims.DESIGNS.values())):
+                   f"= {claims.did_sd():.2f}", f"= {power.mde(1, 1):.2f} σ / √n",
+                   *(f"**{d.per_suite}**" for d in design.DESIGNS.values())):
         assert phrase in text, phrase
     small = {s: len(registry.suite(s, "small")) for s in claims.FIVE_TASKS}
     assert ("household held-in {household_held_in}, BabyAI {babyai}, SciWorld {sciworld}, PDDL {pddl}, "
             "textadventure {textadventure}").format(**small) in text
-    assert max(small.values()) < claims.DESIGNS["default"].per_suite  # hence the designs: AgentBoard scale
+    assert max(small.values()) < design.DESIGNS["default"].per_suite  # hence the designs: AgentBoard scale
 
 
-@pytest.mark.parametrize("name", list(claims.DESIGNS))
+@pytest.mark.parametrize("name", list(design.DESIGNS))
 def test_each_design_is_what_its_profile_runs(name):
     """The design the power calculation is about is the one the chapters play: their parameters (the
     notebook defaults, overridden by configs/<profile>/) and the profile's shared episode settings
@@ -333,23 +334,23 @@ def test_each_design_is_what_its_profile_runs(name):
     from refinelib import config
     from refinelib.report.runbook import profile_parameters
 
-    design = claims.DESIGNS[name]
+    chosen = design.DESIGNS[name]
     root = DOC.parents[1]
-    episodes = config.load_episode_settings(design.profile, configs=root / "configs")
+    episodes = config.load_episode_settings(chosen.profile, configs=root / "configs")
 
     def params(stem):
         nb = root / "notebooks" / f"{stem}.ipynb"
-        return {**defaults(nb), **profile_parameters(nb, design.profile, root / "configs")}
+        return {**defaults(nb), **profile_parameters(nb, chosen.profile, root / "configs")}
 
     for stem in ("01_overfitting_analysis", "04_generalization"):
         assert (tuple(params(stem)["suites"]), episodes.max_instances, episodes.scale) == (
-            design.suites, design.per_suite, "agentboard"), stem
+            chosen.suites, chosen.per_suite, "agentboard"), stem
     p = params("05_robustness")
     assert (episodes.robustness_instances, episodes.scale, list(p["rules"]["household_held_in"])) == (
-        design.robustness, "agentboard", list(claims.RULES))
+        chosen.robustness, "agentboard", list(claims.RULES))
     p = params("07_ablations")
-    assert (tuple(p["eval_suites"]), p["eval_instances"]) == (design.ablation_suites,
-                                                              design.ablation_per_suite)
+    assert (tuple(p["eval_suites"]), p["eval_instances"]) == (chosen.ablation_suites,
+                                                              chosen.ablation_per_suite)
     assert {"refine", "erroneous_loss"} <= set(p["variants"])
 
 
@@ -428,17 +429,17 @@ def test_build_episodes_reads_this_builds_chapters_and_only_the_episodes_they_sh
     shown = [e for e in played if e.suite == "pddl"]
     _chapter(tmp_path, executed, "generalization", "04_generalization", shown,
              models={"oracle": "oracle", "random": "random"}, eval_run_id="ev")
-    sources, status = claims.build_episodes("smoke", executed, smoke=True)
+    sources, status = gather.build_episodes("smoke", executed, smoke=True)
     assert set(sources) == {"evaluation"}  # no ablation chapter in this build
     assert sorted(e.key for e in sources["evaluation"]) == sorted(e.key for e in shown)
     assert status["generalization/smoke"] is None
     assert status["ablations/smoke"] == "not run; run 07_ablations"
-    _, not_smoke = claims.build_episodes("smoke", executed, smoke=False)
+    _, not_smoke = gather.build_episodes("smoke", executed, smoke=False)
     assert not_smoke["generalization/smoke"].startswith("a smoke run")
     (tmp_path / "generalization" / "smoke" / "episodes.csv").write_text(
         metrics.episode_table(played[:1]).assign(instance="pddl/gripper/99").to_csv(index=False))
     with pytest.raises(ValueError, match=r"1 episode\(s\) of episodes.csv are in no log"):
-        claims.build_episodes("smoke", executed, smoke=True)
+        gather.build_episodes("smoke", executed, smoke=True)
 
 
 def test_the_reading_tables_label_the_papers_numbers_and_the_run_design_uses_the_runs_pairs():
@@ -450,11 +451,11 @@ def test_the_reading_tables_label_the_papers_numbers_and_the_run_design_uses_the
                                                           "the paper's source"]
     assert table["95% CI (points)"].iloc[0] == "" and pd.isna(table["difference (points)"].iloc[0])
     assert table["difference (points)"].iloc[1] == round(v.difference.iloc[0], 1)
-    design = claims.run_design(v).set_index("claim")
-    assert design.loc["(c) progress", "pairs"] == 40 and design.loc["(e) progress", "pairs"] == 12
-    assert design.loc["(c) progress", "MDE (points)"] == round(100 * claims.mde(40, claims.RATE_SD), 1)
-    assert design.loc["(a) progress", "pairs"] == 0 and pd.isna(design.loc["(a) progress", "MDE (points)"])
-    assert design.loc["(a) progress", "detects the paper's effect"] == ""
+    table = design.run_design(v).set_index("claim")
+    assert table.loc["(c) progress", "pairs"] == 40 and table.loc["(e) progress", "pairs"] == 12
+    assert table.loc["(c) progress", "MDE (points)"] == round(100 * power.mde(40, claims.RATE_SD), 1)
+    assert table.loc["(a) progress", "pairs"] == 0 and pd.isna(table.loc["(a) progress", "MDE (points)"])
+    assert table.loc["(a) progress", "detects the paper's effect"] == ""
     hypotheses = claims.hypotheses_table()
     assert len(hypotheses) == 5 and hypotheses["also reported"].iloc[0] == "success"
     assert "the paper's difference (points)" in hypotheses.columns
@@ -467,11 +468,11 @@ def test_one_figure_per_claim_titled_with_its_hypothesis_and_verdict():
     import matplotlib.pyplot as plt
 
     v = _verdicts()
-    fig = claims.plot_claim(v, "a")
+    fig = plots.plot_claim(v, "a")
     assert "memorisation" in fig.axes[0].get_title() and NOT_RUN in fig.axes[0].get_title()
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["(a) progress (not run)"]
     with pytest.raises(ValueError, match="no verdict for claim 'z'"):
-        claims.plot_claim(v, "z")
+        plots.plot_claim(v, "z")
     plt.close("all")
 
 
@@ -480,7 +481,7 @@ def test_a_huge_effect_on_one_pair_asks_for_at_least_the_pairs_a_verdict_needs()
     assert row.verdict == INCONCLUSIVE
     assert row.reason == f"1 pair, fewer than the {claims.MIN_PAIRS} a verdict needs"
     assert row.pairs_to_detect == claims.MIN_PAIRS  # the closed form alone would say 1 or 2
-    text = claims.explain(claims.evaluate_claims(_paired([1.0], [0.0]), [PROGRESS, claims.CLAIMS[0]]))
+    text = findings.explain(claims.evaluate_claims(_paired([1.0], [0.0]), [PROGRESS, claims.CLAIMS[0]]))
     assert "these models (expert_only, refine)" in text  # (a)'s base model was not played: not named
 
 
@@ -492,5 +493,5 @@ def test_a_claim_played_on_some_of_its_suites_says_so_in_its_figure(played):
 
     v = claims.evaluate_claims(claims.claim_table(played), claims.with_models({"c": ("oracle", "random")}),
                                n_boot=100)
-    assert claims.plot_claim(v, "c").axes[0].get_title().endswith("(pairs from pddl)")
+    assert plots.plot_claim(v, "c").axes[0].get_title().endswith("(pairs from pddl)")
     plt.close("all")

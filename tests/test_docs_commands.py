@@ -113,10 +113,14 @@ def check_python(args: list[str], problems: list[str], where: str) -> None:
             check_pip(rest, problems, where)
             return
         path = ROOT / (module.replace(".", "/") + ".py")
-        if not path.is_file():
+        main = ROOT / module.replace(".", "/") / "__main__.py"  # a package run with -m
+        if not path.is_file() and not main.is_file():
             problems.append(f"{where}: no module {module} in this repository")
             return
-        check_flags(rest, ("-m", module), problems, where)
+        if module == "refinelib":  # python -m refinelib <stage> ...: the stage's own flags
+            check_flags(rest[1:], ("-m", module, rest[0]), problems, where)
+        else:
+            check_flags(rest, ("-m", module), problems, where)
         if module == "refinelib.report.runbook":
             check_notebook_run(rest, problems, where)
         if module == "refinelib.tune.train_cli" and "--config" in rest:
@@ -220,6 +224,7 @@ def test_the_scaling_notes_show_the_paper_training_yaml_as_it_is():
      "--num_nodes is not an option of accelerate"),
     ("accelerate launch -m refinelib.tune.train_cli --config configs/paper/train.yaml --learning_rat 1",
      "--learning_rat is not an option of -m refinelib.tune.train_cli"),
+    ("python -m refinelib synth runs/x --teachr grounded", "--teachr is not an option of -m refinelib synth"),
     ("pip install -e '.[al]'", "extras {'al'} not in pyproject.toml"),
     ("curl http://example.com", "unknown kind of command 'curl'"),
 ])

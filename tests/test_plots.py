@@ -155,9 +155,7 @@ def test_ablations_draws_losses_our_curve_and_the_papers():
 
 
 def test_claim_figures_are_one_figure_per_claim(monkeypatch):
-    from refinelib.analysis import claims
-
     drawn = []
-    monkeypatch.setattr(claims, "plot_claim", lambda verdicts, c: drawn.append(c) or plt.figure())
+    monkeypatch.setattr(plots, "plot_claim", lambda verdicts, c: drawn.append(c) or plt.figure())
     figures = plots.claim_figures(pd.DataFrame({"claim": ["b", "a", "b"]}))
     assert list(figures) == ["claim_a", "claim_b"] and drawn == ["a", "b"]

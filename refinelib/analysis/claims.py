@@ -6,8 +6,8 @@ any outcome, then computes for each the paired difference, its 95% bootstrap int
 
     table = claims.claim_table(episodes)          # metrics.episode_table + the failure-mode step counts
     verdicts = claims.evaluate_claims(table)      # one row per (claim, metric), in points
-    print(claims.explain(verdicts))               # what this shows / does not / what scale would decide
-    claims.plot_verdicts(verdicts[verdicts.claim == "a"])
+    print(findings.explain(verdicts))             # what this shows / does not / what scale would decide
+    plots.plot_verdicts(verdicts[verdicts.claim == "a"])   # refinelib.report.plots
 
 **Paired design.** Every model plays the same instances, compared episode by episode (key: suite,
 instance, seed, perturbation, sample): what makes an instance hard is shared and cancels in the
@@ -30,34 +30,30 @@ Percentile intervals because the statistic is a mean of bounded differences (nea
 every other table of the book uses them (:func:`metrics.bootstrap_ci`), and BCa's acceleration estimate
 is unstable on few, tied 0/1 values; their coverage is a little below 95% at small n (tested).
 
-**Power** (:func:`mde`, :func:`pairs_needed`): n pairs whose differences have SD σ detect, two-sided at
+**Power** (:mod:`refinelib.analysis.power`): n pairs whose differences have SD σ detect, two-sided at
 α = 0.05 with power 0.8, a mean difference of (z₀.₉₇₅ + z₀.₈) σ / √n = 2.80 σ / √n. Rule 2 is that test
-(an interval above 0 is a one-sided test at 2.5%). docs/experiment_design.md shows the tables.
+(an interval above 0 is a one-sided test at 2.5%). The designs (:mod:`refinelib.analysis.design`) and
+docs/experiment_design.md show the tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 from refinelib.analysis import metrics, reference, tables, taxonomy
+from refinelib.analysis.power import ALPHA, POWER, effective_pairs, pairs_for_equivalence, z
 from refinelib.analysis.reference import paper_ablation_table
-from refinelib.eval import experiment
-from refinelib.eval.episodes import Episode, EpisodeLog
 from refinelib.eval.evaluate import ORIGINAL
 from refinelib.schema import EPISODE_KEY
 
 # ----- the decision rule, fixed before any outcome is seen ----------------------------------------------
-ALPHA, POWER = 0.05, 0.8  # the conventional pair; the designs are sized with them
 MARGIN = 0.10  # δ, 10 points: smaller than every difference the paper reports for these claims (tested)
 MIN_PAIRS = 10  # rule 1
 N_BOOT = 2000  # Monte Carlo SE of each interval end ≈ 0.06 standard errors: < 1 point from 20 pairs
@@ -87,37 +83,6 @@ def did_sd(rules: int = len(RULES)) -> float:
     """Planning SD of claim (d)'s per-instance (F₀ - S₀) - mean over rules of (F_r - S_r), each model
     difference with variance 1/2 as for success."""
     return math.sqrt(0.5 * (1 + 1 / rules))
-
-
-# ----- power ----------------------------------------------------------------------------------------------
-def _z(p: float) -> float:
-    return NormalDist().inv_cdf(p)
-
-
-def mde(n: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Minimum detectable mean paired difference: (z(1-α/2) + z(power)) · sd / √n.
-
-    >>> round(mde(100, 1.0), 4)   # (1.96 + 0.8416) / 10
-    0.2802
-    """
-    return (_z(1 - alpha / 2) + _z(power)) * sd / math.sqrt(n)
-
-
-def pairs_needed(effect: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> int:
-    """The smallest n whose :func:`mde` is at most ``effect``."""
-    return math.ceil(((_z(1 - alpha / 2) + _z(power)) * sd / abs(effect)) ** 2)
-
-
-def pairs_for_equivalence(margin: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> int:
-    """Pairs for the interval to fall inside ±margin with probability ``power`` when the truth is 0:
-    ((z(1-α/2) + z((1+power)/2)) · sd / margin)²."""
-    return math.ceil(((_z(1 - alpha / 2) + _z((1 + power) / 2)) * sd / margin) ** 2)
-
-
-def effective_pairs(per_suite: Iterable[int]) -> float:
-    """What a macro mean over suites of ``per_suite`` pairs is worth: K² / Σ 1/n_k (n for one suite)."""
-    n = list(per_suite)
-    return len(n) ** 2 / sum(1 / k for k in n)
 
 
 # ----- per-episode metrics: functions of an episode table, fractions --------------------------------------
@@ -315,6 +280,11 @@ def _estimate(units: pd.DataFrame, claim: Claim, n_boot: int, seed: int) -> tupl
     return float(pd.Series(diff).groupby(strata).mean().mean()), lo, hi
 
 
+def pairs_text(n: int) -> str:
+    """``"1 pair"``, ``"12 pairs"``."""
+    return "1 pair" if n == 1 else f"{n} pairs"
+
+
 def verdict(lo: float, hi: float, n: int, direction: int = 1, margin: float = MARGIN,
             n_equivalence: float = math.inf, min_pairs: int = MIN_PAIRS) -> tuple[str, str]:
     """(verdict, reason) for a difference's interval [lo, hi] from n pairs, by the module docstring's rule;
@@ -322,7 +292,7 @@ def verdict(lo: float, hi: float, n: int, direction: int = 1, margin: float = MA
     lo, hi = sorted((direction * lo, direction * hi))  # the claimed direction is positive from here on
     points = f"±{100 * margin:.0f} points"
     if n < min_pairs:
-        return INCONCLUSIVE, f"{_pairs(n)}, fewer than the {min_pairs} a verdict needs"
+        return INCONCLUSIVE, f"{pairs_text(n)}, fewer than the {min_pairs} a verdict needs"
     if lo > 0:
         return REPRODUCED, "the 95% interval lies on the claimed side of 0" + (
             f", all of it inside {points}" if hi < margin else "")
@@ -343,7 +313,7 @@ def _scale(n: int, se: float, estimate: float, c: Claim, need_eq: float) -> dict
     se = se or (c.planning_sd or math.nan) / math.sqrt(n)
     if math.isnan(se):
         return {}
-    detect, equivalent = _z(1 - ALPHA / 2) + _z(POWER), _z(1 - ALPHA / 2) + _z((1 + POWER) / 2)
+    detect, equivalent = z(1 - ALPHA / 2) + z(POWER), z(1 - ALPHA / 2) + z((1 + POWER) / 2)
     target = max(abs(estimate), c.margin)  # an effect below the margin is not worth detecting
     # at least MIN_PAIRS: rule 1 gives no verdict below it, however large the effect
     out = {"mde": 100 * detect * se,
@@ -401,7 +371,7 @@ def evaluate_claims(table: pd.DataFrame | Mapping[str, pd.DataFrame], claims: Se
         label, reason = verdict(lo, hi, n, c.direction, c.margin, need_eq)
         rows.append(row | {"n_pairs": n, "difference": 100 * estimate, "ci_lo": 100 * lo, "ci_hi": 100 * hi,
                            "verdict": label, "reason": reason,
-                           **_scale(n, (hi - lo) / (2 * _z(1 - ALPHA / 2)), estimate, c, need_eq)})
+                           **_scale(n, (hi - lo) / (2 * z(1 - ALPHA / 2)), estimate, c, need_eq)})
     counts = ["n_pairs", "pairs_to_detect", "pairs_for_equivalence"]  # whole numbers, missing where not run
     return pd.DataFrame(rows).reindex(columns=COLUMNS).astype(dict.fromkeys(counts, "Int64"))
 
@@ -415,112 +385,6 @@ def _not_run(table: pd.DataFrame | None, c: Claim) -> str:
     if missing:
         return f"no episodes of {', '.join(missing)}"
     return f"no episode under {'/'.join(c.rules)}" if c.rules else "no pair with a value"
-
-
-# ----- this build's episodes -------------------------------------------------------------------------------
-# The chapters whose episodes test the claims: artifacts folder -> (source, chapter). 01, 04 and 05 play
-# into the shared logs of experiment.episodes_path; 07 into its own folder's episodes/<model>.jsonl.
-CHAPTERS = {"overfitting": ("evaluation", "01_overfitting_analysis"),
-            "generalization": ("evaluation", "04_generalization"),
-            "robustness": ("evaluation", "05_robustness"),
-            "ablations": ("ablations", "07_ablations")}
-KEY_NAMES = list(EPISODE_KEY)
-
-
-def chapter_episodes(folder: str | Path, logs: Mapping[str, str | Path]) -> list[Episode]:
-    """The episodes a chapter run played: the keys of its ``episodes.csv``, read back from the episode
-    logs ``logs`` (``{model: log}``). A log holds what every run with its identity played (a later run with
-    more instances adds to it), so the run's own key list, not the log, says which episodes it showed.
-
-    Raises:
-        ValueError: a key of ``episodes.csv`` that no log holds (naming how many and the first).
-    """
-    played = pd.read_csv(Path(folder) / "episodes.csv", dtype=str, keep_default_na=False)
-    wanted = set(played[KEY_NAMES].itertuples(index=False, name=None))
-    found = {tuple(map(str, e.key)): e for path in logs.values() if Path(path).is_file()
-             for e in EpisodeLog(path).read()}
-    if missing := sorted(wanted - set(found)):
-        raise ValueError(f"{folder}: {len(missing)} episode(s) of episodes.csv are in no log of "
-                         f"{sorted(logs)}, e.g. {missing[0]}")
-    return [found[k] for k in sorted(wanted)]
-
-
-def build_episodes(chapter_run_id: str, executed_dir: str | Path, smoke: bool,
-                   root: str | Path | None = None) -> tuple[dict[str, list[Episode]], dict[str, str | None]]:
-    """This build's episodes per :attr:`Claim.source`, from the chapters in :data:`CHAPTERS` whose run
-    ``artifacts/<folder>/<chapter_run_id>`` this build wrote (:func:`refinelib.manifest.this_build`).
-
-    Returns:
-        ``({source: episodes}, {run folder: None, or why it is not in this build})``; a source none of
-        whose chapters ran in this build is absent (its claims are "not run"). Episodes that two chapters
-        showed (01 and 04 share logs) are counted once.
-    """
-    from refinelib.manifest import read_manifest, this_build
-    from refinelib.paths import artifacts_dir
-
-    root = Path(root) if root is not None else artifacts_dir()
-    sources: dict[str, dict[tuple, Episode]] = {}
-    status: dict[str, str | None] = {}
-    for stage, (source, chapter) in CHAPTERS.items():
-        folder = f"{stage}/{chapter_run_id}"
-        manifest = read_manifest(root / folder)
-        why = "not run" if manifest is None else this_build(manifest, executed_dir, smoke)
-        status[folder] = None if why is None else f"{why}; run {chapter}"
-        if why is not None:
-            continue
-        if source == "evaluation":
-            logs = {m: experiment.episodes_path(manifest["eval_run_id"], m) for m in manifest["models"]}
-        else:
-            logs = {m: root / folder / "episodes" / f"{m}.jsonl" for m in manifest["models"]}
-        episodes = sources.setdefault(source, {})
-        episodes.update((e.key, e) for e in chapter_episodes(root / folder, logs))
-    return {k: list(v.values()) for k, v in sources.items()}, status
-
-
-# ----- sentences computed from the verdicts ---------------------------------------------------------------
-def _pairs(n: int) -> str:
-    return "1 pair" if n == 1 else f"{n} pairs"
-
-
-def sentence(row: Mapping) -> str:
-    """One row of :func:`evaluate_claims` in words, every number taken from the row."""
-    head = f"({row['claim']}) {row['name']}, {row['metric']}: {row['verdict']}"
-    if row["verdict"] == NOT_RUN:
-        return f"{head} ({row['reason']})."
-    paper = "" if pd.isna(row["paper_difference"]) else (
-        f" The paper's corresponding difference: {row['paper_difference']:+.1f} points "
-        f"({row['paper_label']}).")
-    return (f"{head}: {row['first']} - {row['second']} = {row['difference']:+.1f} points (95% CI "
-            f"{row['ci_lo']:+.1f} to {row['ci_hi']:+.1f}, {_pairs(row['n_pairs'])}); {row['reason']}.{paper}")
-
-
-def explain(verdicts: pd.DataFrame) -> str:
-    """Markdown: each claim's verdict (its primary metric), then what this shows, what it does not, and
-    the scale that would decide each open claim (from the run's own spread)."""
-    primary = verdicts[verdicts.primary.astype(bool)]
-    by = {v: list(primary[primary.verdict == v].itertuples()) for v in
-          (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_RUN)}
-
-    def names(rows, why=False):
-        return "; ".join(f"({r.claim}) {r.name}" + (f", {r.reason}" if why else "") for r in rows)
-
-    shown = [f"{label} here: {names(by[v])}." for v, label in
-             ((REPRODUCED, "Reproduced"), (CONTRADICTED, "Contradicted")) if by[v]]
-    not_shown = [f"{label}: {names(by[v], why)}." for v, label, why in
-                 ((INCONCLUSIVE, "Still open", True), (NOT_RUN, "Not run", False)) if by[v]]
-    ran = verdicts[verdicts.verdict != NOT_RUN]  # the models of a claim not run were not played
-    models = ", ".join(sorted(set(ran["first"]) | set(ran["second"])))
-    if models:
-        not_shown.append(f"Every verdict is about these models ({models}) on our stand-in environments, "
-                         "not about the paper's 8B models on AgentBoard.")
-    scale = [f"({r.claim}): about {r.pairs_to_detect} pairs (this run: {r.n_pairs}) would detect a "
-             f"difference of {max(abs(r.difference), r.margin):.1f} points with {POWER:.0%} power; about "
-             f"{r.pairs_for_equivalence} would show one inside ±{r.margin:.0f} points."
-             for r in by[INCONCLUSIVE]]
-    lines = [f"- {sentence(r)}" for _, r in primary.iterrows()]
-    lines += ["", f"**What this shows.** {' '.join(shown) or 'No claim was decided.'}", "",
-              f"**What it does not show.** {' '.join(not_shown)}"]
-    return "\n".join(lines + (["", f"**What scale would decide it.** {' '.join(scale)}"] if scale else []))
 
 
 def hypotheses_table(claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
@@ -557,158 +421,3 @@ def verdict_table(verdicts: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
-# ----- the figure -----------------------------------------------------------------------------------------
-COLORS = {REPRODUCED: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:gray"}
-
-
-def plot_verdicts(verdicts: pd.DataFrame, ax=None):
-    """Paired differences with their 95% intervals in the claimed direction (right of 0: as claimed),
-    coloured by verdict, the ±margin band shaded, the paper's differences marked and labelled; secondary
-    metrics starred. Returns the Axes."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(9, 1.0 + 0.5 * len(verdicts)))[1]
-    v = verdicts.reset_index(drop=True)
-    y, sign = np.arange(len(v))[::-1], v["direction"].to_numpy()
-    for yi, r, s in zip(y, v.itertuples(), sign, strict=True):
-        ax.fill_betweenx([yi - 0.4, yi + 0.4], -r.margin, r.margin, color="0.92", lw=0)
-        if r.verdict != NOT_RUN:
-            x, (lo, hi) = s * r.difference, sorted((s * r.ci_lo, s * r.ci_hi))
-            ax.errorbar(x, yi, xerr=[[max(x - lo, 0)], [max(hi - x, 0)]], fmt="o", color=COLORS[r.verdict],
-                        capsize=3, label=r.verdict)
-    paper = v["paper_difference"].notna().to_numpy()
-    if paper.any():  # no legend entry for a marker that is not drawn
-        ax.scatter(sign[paper] * v["paper_difference"].to_numpy()[paper], y[paper], marker="D",
-                   facecolor="none", edgecolor="black", zorder=3, label="the paper's difference")
-    ax.axvline(0, color="black", lw=0.8)
-    what = {"mean": "", "did": ", drop (DiD)", "rule_std": ", std over settings"}
-    ax.set_yticks(y, [f"({r.claim}) {r.metric}{what[r.statistic]}{'' if r.primary else ' *'}"
-                      + (" (not run)" if r.verdict == NOT_RUN else "") for r in v.itertuples()])
-    ax.set_xlabel("paired difference in the claimed direction (points; grey: ±margin)")
-    handles = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
-    # outside the axes, on the right: inside, it can hide a paper marker or an interval
-    ax.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    return ax
-
-
-def plot_claim(verdicts: pd.DataFrame, claim: str):
-    """The summary figure of one claim: :func:`plot_verdicts` of its rows, titled with its hypothesis and
-    its verdict. Returns the Figure."""
-    rows = verdicts[verdicts.claim == claim]
-    if rows.empty:
-        raise ValueError(f"no verdict for claim {claim!r}; claims: {sorted(set(verdicts.claim))}")
-    ax = plot_verdicts(rows)
-    head = rows[rows.primary.astype(bool)].iloc[0]
-    title = f"{head.hypothesis}: {head.verdict}"
-    if head.verdict != NOT_RUN and f" on {head.suites}, " not in head.hypothesis:
-        title += f" (pairs from {head.suites})"  # played on some of the claim's suites only
-    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize="medium")
-    ax.figure.tight_layout()
-    return ax.figure
-
-
-# ----- the designs: what each size can detect (docs/experiment_design.md) ---------------------------------
-@dataclass(frozen=True)
-class Design:
-    """One size of the experiment, as the chapters' parameters set it (``tests/test_claims.py`` checks that
-    the notebooks' defaults and each profile's files say the same)."""
-
-    profile: str  # the make variable PROFILE that runs it
-    suites: tuple[str, ...]  # chapters 01 and 04: the suites played by every model ...
-    per_suite: int  # ... and the instances of each (capped at the suite's size): claims (a)-(c)
-    robustness: int  # chapter 05: household held-in instances under the original prompt and every rule (d)
-    ablation_suites: tuple[str, ...]  # chapter 07: the suites its variants play (e) ...
-    ablation_per_suite: int  # ... and the instances of each
-
-    def pairs(self, c: Claim, sizes: Mapping[str, int]) -> list[int]:
-        """Pairs per suite of claim ``c`` under this design (a suite it does not play: none)."""
-        if c.source == "ablations":
-            played, n = self.ablation_suites, self.ablation_per_suite
-        elif c.rules:
-            played, n = ("household_held_in",), self.robustness
-        else:
-            played, n = self.suites, self.per_suite
-        return [min(n, sizes[s]) for s in c.suites if s in played]
-
-
-DESIGNS = {
-    # The default book (<= 60 min on a 2-core CPU): the held-in suite and one held-out suite at 20 pairs
-    # each, the issue's floor, rather than five suites with a few each; (d) and (e) get what time is left.
-    "default": Design("default", ("household_held_in", "babyai"), 20, 4, ("babyai", "pddl"), 1),
-    # Overnight: the paper's five tasks at 60 pairs per suite, (d) at 40 instances, (e) at 20 per task.
-    "cpu-long": Design("cpu-long", FIVE_TASKS, 60, 40, FIVE_TASKS, 20),
-}
-
-
-def power_table(ns: Sequence[int] = (10, 20, 30, 40, 60, 80, 100, 150, 200)) -> pd.DataFrame:
-    """The minimum detectable paired difference (points) for n pairs at each planning SD."""
-    sds = {"success": SUCCESS_SD, "progress, step rates": RATE_SD, "robustness DiD": did_sd()}
-    return pd.DataFrame([{"pairs": n, **{f"{k} (SD {sd:.2f})": round(100 * mde(n, sd), 1)
-                                         for k, sd in sds.items()}} for n in ns])
-
-
-def design_table(design: Design, sizes: Mapping[str, int], claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """Per primary claim under ``design`` (suite sizes ``sizes``): pairs, effective pairs, the minimum
-    detectable difference, the paper's difference and whether the size detects it, and the pairs an
-    equivalence reading needs."""
-    return pd.DataFrame([_design_row(c, design.pairs(c, sizes)) for c in claims if c.primary])
-
-
-def _design_row(c: Claim, n: Sequence[int], paper_column: str = "paper (points)") -> dict:
-    """What ``n`` pairs per suite (0: a suite not played) can show for claim ``c`` at its planning SD."""
-    n = [k for k in n if k > 0]
-    effective, paper = (effective_pairs(n) if n else 0.0), 100 * c.paper() if c.paper else math.nan
-    detectable = 100 * mde(effective, c.planning_sd) if effective else math.nan
-    equivalence = pairs_for_equivalence(c.margin, c.planning_sd)
-    return {"claim": f"({c.id}) {c.metric}", "pairs": sum(n), "effective pairs": round(effective),
-            "MDE (points)": round(detectable, 1), paper_column: round(paper, 1),
-            "detects the paper's effect": ("yes" if detectable <= paper else "no") * bool(c.paper and n),
-            "pairs for equivalence": equivalence,
-            "equivalence reachable": "yes" if effective >= equivalence else "no"}
-
-
-def run_design(verdicts: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """:func:`design_table` for the pairs this run has (``verdicts``' ``suite_pairs``): what each primary
-    claim's sizes could detect at its planning SD, whatever the outcome, next to the paper's difference
-    (labelled as the paper's). A claim not run has no pairs and no MDE."""
-    pairs = {r.claim: r.suite_pairs for r in verdicts[verdicts.primary.astype(bool)].itertuples()}
-    return pd.DataFrame([_design_row(c, list((pairs.get(c.id) or {}).values()),
-                                     "the paper's difference (points)")
-                         for c in claims if c.primary and c.id in pairs])
-
-
-def episode_budget(design: Design, sizes: Mapping[str, int], claims: Sequence[Claim] = CLAIMS) -> pd.Series:
-    """Episodes each model plays for ``claims`` under ``design`` (a cell shared by several claims is
-    played once; chapter 07's episodes are its own, apart from the shared logs)."""
-    cells: dict[tuple, int] = {}
-    for c in claims:
-        for s in c.suites:
-            n = design.pairs(dataclasses.replace(c, suites=(s,)), sizes)
-            for key in ((m, s, r, c.source) for m in c.models for r in ("original", *c.rules) if n):
-                cells[key] = max(cells.get(key, 0), n[0])  # a prefix of a larger selection: played once
-    counts = pd.DataFrame([(m, n) for (m, *_), n in cells.items()], columns=["model", "episodes"])
-    return counts.groupby("model").episodes.sum()
-
-
-def markdown(df: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table (no extra dependency)."""
-    cells = [["" if pd.isna(x) else str(x) for x in row] for row in df.itertuples(index=False)]
-    return "\n".join("| " + " | ".join(line) + " |"
-                     for line in [list(map(str, df.columns)), ["---"] * len(df.columns), *cells])
-
-
-def design_markdown(sizes: Mapping[str, int] | None = None, claims: Sequence[Claim] = CLAIMS) -> list[str]:
-    """docs/experiment_design.md's tables: the hypotheses, power by n, then per design (``DESIGNS``) what
-    each claim can detect and the episodes each model plays; ``sizes``: instances per suite (AgentBoard)."""
-    if sizes is None:
-        from refinelib.envs import registry
-
-        sizes = {s: len(registry.suite(s, "agentboard")) for s in FIVE_TASKS}
-    hypotheses = pd.DataFrame([{"hypothesis": c.hypothesis, "planning SD": round(c.planning_sd, 3),
-                                "paper (points)": round(100 * c.paper(), 1) if c.paper else "",
-                                "the paper's source": c.paper_label} for c in claims if c.primary])
-    blocks = [markdown(hypotheses), markdown(power_table())]
-    for design in DESIGNS.values():
-        blocks += [markdown(design_table(design, sizes, claims)),
-                   markdown(episode_budget(design, sizes, claims).reset_index())]
-    return blocks

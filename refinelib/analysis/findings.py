@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from refinelib.analysis.claims import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED, pairs_text
+from refinelib.analysis.power import POWER
 from refinelib.analysis.tables import held_out_mean
 from refinelib.analysis.taxonomy import MEMORISED_FORMAT, REPEATED_FAILED_ACTION
 from refinelib.envs.registry import SUITES
@@ -185,3 +187,46 @@ def scaling_sentence(scaling: pd.DataFrame) -> str:
     return (f"From {trend.index[0]} to {trend.index[-1]} trajectories the held-out refinement-turn loss "
             f"{direction} ({trend.iloc[0]:.3f} -> {trend.iloc[-1]:.3f})"
             + (f"; in between: {between}." if between else "."))
+
+
+# ----- chapter 08: the claims, in words -------------------------------------------------------------------
+def sentence(row: Mapping) -> str:
+    """One row of :func:`evaluate_claims` in words, every number taken from the row."""
+    head = f"({row['claim']}) {row['name']}, {row['metric']}: {row['verdict']}"
+    if row["verdict"] == NOT_RUN:
+        return f"{head} ({row['reason']})."
+    paper = "" if pd.isna(row["paper_difference"]) else (
+        f" The paper's corresponding difference: {row['paper_difference']:+.1f} points "
+        f"({row['paper_label']}).")
+    return (f"{head}: {row['first']} - {row['second']} = {row['difference']:+.1f} points (95% CI "
+            f"{row['ci_lo']:+.1f} to {row['ci_hi']:+.1f}, {pairs_text(row['n_pairs'])}); "
+            f"{row['reason']}.{paper}")
+
+
+def explain(verdicts: pd.DataFrame) -> str:
+    """Markdown: each claim's verdict (its primary metric), then what this shows, what it does not, and
+    the scale that would decide each open claim (from the run's own spread)."""
+    primary = verdicts[verdicts.primary.astype(bool)]
+    by = {v: list(primary[primary.verdict == v].itertuples()) for v in
+          (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_RUN)}
+
+    def names(rows, why=False):
+        return "; ".join(f"({r.claim}) {r.name}" + (f", {r.reason}" if why else "") for r in rows)
+
+    shown = [f"{label} here: {names(by[v])}." for v, label in
+             ((REPRODUCED, "Reproduced"), (CONTRADICTED, "Contradicted")) if by[v]]
+    not_shown = [f"{label}: {names(by[v], why)}." for v, label, why in
+                 ((INCONCLUSIVE, "Still open", True), (NOT_RUN, "Not run", False)) if by[v]]
+    ran = verdicts[verdicts.verdict != NOT_RUN]  # the models of a claim not run were not played
+    models = ", ".join(sorted(set(ran["first"]) | set(ran["second"])))
+    if models:
+        not_shown.append(f"Every verdict is about these models ({models}) on our stand-in environments, "
+                         "not about the paper's 8B models on AgentBoard.")
+    scale = [f"({r.claim}): about {r.pairs_to_detect} pairs (this run: {r.n_pairs}) would detect a "
+             f"difference of {max(abs(r.difference), r.margin):.1f} points with {POWER:.0%} power; about "
+             f"{r.pairs_for_equivalence} would show one inside ±{r.margin:.0f} points."
+             for r in by[INCONCLUSIVE]]
+    lines = [f"- {sentence(r)}" for _, r in primary.iterrows()]
+    lines += ["", f"**What this shows.** {' '.join(shown) or 'No claim was decided.'}", "",
+              f"**What it does not show.** {' '.join(not_shown)}"]
+    return "\n".join(lines + (["", f"**What scale would decide it.** {' '.join(scale)}"] if scale else []))

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from refinelib.eval import experiment
+from refinelib.eval.episodes import Episode, EpisodeLog
 from refinelib.manifest import read_manifest, this_build
 from refinelib.paths import TABLES, run_dir, table_path
+from refinelib.schema import EPISODE_KEY
 
 
 def _note(text: str) -> None:
@@ -148,3 +151,65 @@ def versions_table(manifests: Mapping[str, Mapping], current: Mapping[str, str |
     table = pd.DataFrame({", ".join(names)[:60]: json.loads(key) for key, names in distinct.items()})
     table["this chapter"] = pd.Series(current)
     return table.fillna("—")
+
+
+# ----- this build's episodes -------------------------------------------------------------------------------
+# The chapters whose episodes test the claims: artifacts folder -> (source, chapter). 01, 04 and 05 play
+# into the shared logs of experiment.episodes_path; 07 into its own folder's episodes/<model>.jsonl.
+CHAPTERS = {"overfitting": ("evaluation", "01_overfitting_analysis"),
+            "generalization": ("evaluation", "04_generalization"),
+            "robustness": ("evaluation", "05_robustness"),
+            "ablations": ("ablations", "07_ablations")}
+
+
+KEY_NAMES = list(EPISODE_KEY)
+
+
+def chapter_episodes(folder: str | Path, logs: Mapping[str, str | Path]) -> list[Episode]:
+    """The episodes a chapter run played: the keys of its ``episodes.csv``, read back from the episode
+    logs ``logs`` (``{model: log}``). A log holds what every run with its identity played (a later run with
+    more instances adds to it), so the run's own key list, not the log, says which episodes it showed.
+
+    Raises:
+        ValueError: a key of ``episodes.csv`` that no log holds (naming how many and the first).
+    """
+    played = pd.read_csv(Path(folder) / "episodes.csv", dtype=str, keep_default_na=False)
+    wanted = set(played[KEY_NAMES].itertuples(index=False, name=None))
+    found = {tuple(map(str, e.key)): e for path in logs.values() if Path(path).is_file()
+             for e in EpisodeLog(path).read()}
+    if missing := sorted(wanted - set(found)):
+        raise ValueError(f"{folder}: {len(missing)} episode(s) of episodes.csv are in no log of "
+                         f"{sorted(logs)}, e.g. {missing[0]}")
+    return [found[k] for k in sorted(wanted)]
+
+
+def build_episodes(chapter_run_id: str, executed_dir: str | Path, smoke: bool,
+                   root: str | Path | None = None) -> tuple[dict[str, list[Episode]], dict[str, str | None]]:
+    """This build's episodes per :attr:`Claim.source`, from the chapters in :data:`CHAPTERS` whose run
+    ``artifacts/<folder>/<chapter_run_id>`` this build wrote (:func:`refinelib.manifest.this_build`).
+
+    Returns:
+        ``({source: episodes}, {run folder: None, or why it is not in this build})``; a source none of
+        whose chapters ran in this build is absent (its claims are "not run"). Episodes that two chapters
+        showed (01 and 04 share logs) are counted once.
+    """
+    from refinelib.manifest import read_manifest, this_build
+    from refinelib.paths import artifacts_dir
+
+    root = Path(root) if root is not None else artifacts_dir()
+    sources: dict[str, dict[tuple, Episode]] = {}
+    status: dict[str, str | None] = {}
+    for stage, (source, chapter) in CHAPTERS.items():
+        folder = f"{stage}/{chapter_run_id}"
+        manifest = read_manifest(root / folder)
+        why = "not run" if manifest is None else this_build(manifest, executed_dir, smoke)
+        status[folder] = None if why is None else f"{why}; run {chapter}"
+        if why is not None:
+            continue
+        if source == "evaluation":
+            logs = {m: experiment.episodes_path(manifest["eval_run_id"], m) for m in manifest["models"]}
+        else:
+            logs = {m: root / folder / "episodes" / f"{m}.jsonl" for m in manifest["models"]}
+        episodes = sources.setdefault(source, {})
+        episodes.update((e.key, e) for e in chapter_episodes(root / folder, logs))
+    return {k: list(v.values()) for k, v in sources.items()}, status

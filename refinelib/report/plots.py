@@ -7,11 +7,14 @@ matplotlib and seaborn are imported inside the functions: importing this module 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from refinelib.analysis.claims import CONTRADICTED, INCONCLUSIVE, NOT_RUN, REPRODUCED
 from refinelib.paths import artifacts_dir
 
 AGENTBOARD_STEPS = 30  # AgentBoard's step limit, drawn on the oracle's episode lengths
@@ -262,8 +265,55 @@ def ablations(table: pd.DataFrame, scaling: pd.DataFrame, paper_scaling: pd.Data
 
 # ----- chapter 08: the claims ------------------------------------------------------------------------------
 def claim_figures(verdicts: pd.DataFrame) -> dict:
-    """``{"claim_<id>": Figure}``: :func:`refinelib.analysis.claims.plot_claim` of every claim in
-    ``verdicts``, in claim order."""
-    from refinelib.analysis import claims
+    """``{"claim_<id>": Figure}``: :func:`plot_claim` of every claim in ``verdicts``, in claim order."""
+    return {f"claim_{c}": plot_claim(verdicts, c) for c in sorted(set(verdicts.claim))}
 
-    return {f"claim_{c}": claims.plot_claim(verdicts, c) for c in sorted(set(verdicts.claim))}
+
+# ----- the claims' verdicts -------------------------------------------------------------------------------
+COLORS = {REPRODUCED: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:gray"}
+
+
+def plot_verdicts(verdicts: pd.DataFrame, ax=None):
+    """Paired differences with their 95% intervals in the claimed direction (right of 0: as claimed),
+    coloured by verdict, the ±margin band shaded, the paper's differences marked and labelled; secondary
+    metrics starred. Returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(9, 1.0 + 0.5 * len(verdicts)))[1]
+    v = verdicts.reset_index(drop=True)
+    y, sign = np.arange(len(v))[::-1], v["direction"].to_numpy()
+    for yi, r, s in zip(y, v.itertuples(), sign, strict=True):
+        ax.fill_betweenx([yi - 0.4, yi + 0.4], -r.margin, r.margin, color="0.92", lw=0)
+        if r.verdict != NOT_RUN:
+            x, (lo, hi) = s * r.difference, sorted((s * r.ci_lo, s * r.ci_hi))
+            ax.errorbar(x, yi, xerr=[[max(x - lo, 0)], [max(hi - x, 0)]], fmt="o", color=COLORS[r.verdict],
+                        capsize=3, label=r.verdict)
+    paper = v["paper_difference"].notna().to_numpy()
+    if paper.any():  # no legend entry for a marker that is not drawn
+        ax.scatter(sign[paper] * v["paper_difference"].to_numpy()[paper], y[paper], marker="D",
+                   facecolor="none", edgecolor="black", zorder=3, label="the paper's difference")
+    ax.axvline(0, color="black", lw=0.8)
+    what = {"mean": "", "did": ", drop (DiD)", "rule_std": ", std over settings"}
+    ax.set_yticks(y, [f"({r.claim}) {r.metric}{what[r.statistic]}{'' if r.primary else ' *'}"
+                      + (" (not run)" if r.verdict == NOT_RUN else "") for r in v.itertuples()])
+    ax.set_xlabel("paired difference in the claimed direction (points; grey: ±margin)")
+    handles = dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
+    # outside the axes, on the right: inside, it can hide a paper marker or an interval
+    ax.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    return ax
+
+
+def plot_claim(verdicts: pd.DataFrame, claim: str):
+    """The summary figure of one claim: :func:`plot_verdicts` of its rows, titled with its hypothesis and
+    its verdict. Returns the Figure."""
+    rows = verdicts[verdicts.claim == claim]
+    if rows.empty:
+        raise ValueError(f"no verdict for claim {claim!r}; claims: {sorted(set(verdicts.claim))}")
+    ax = plot_verdicts(rows)
+    head = rows[rows.primary.astype(bool)].iloc[0]
+    title = f"{head.hypothesis}: {head.verdict}"
+    if head.verdict != NOT_RUN and f" on {head.suites}, " not in head.hypothesis:
+        title += f" (pairs from {head.suites})"  # played on some of the claim's suites only
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize="medium")
+    ax.figure.tight_layout()
+    return ax.figure
