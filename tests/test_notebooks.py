@@ -97,6 +97,42 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(path):
     assert not re.search(r"api_key|OPENAI_API_KEY\s*=", params[0].source), "secrets are never parameters"
 
 
+DRAWING = {"plt", "sns", "ax", "axes", "fig"}  # names a cell would draw through
+ALLOWED = {("plt", "show"), ("plt", "close")}  # showing or closing what the library drew is not drawing
+
+
+def orchestration_problems(source: str) -> list[str]:
+    """What a notebook cell does that belongs in the library: defining a function or class, or drawing
+    (a call on matplotlib / seaborn / an Axes or Figure other than showing or closing it)."""
+    import ast
+
+    problems = []
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            problems.append(f"defines {getattr(node, 'name', 'a lambda')}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and isinstance(node.func.value, ast.Name) and node.func.value.id in DRAWING
+              and (node.func.value.id, node.func.attr) not in ALLOWED):
+            problems.append(f"draws: {node.func.value.id}.{node.func.attr}(...)")
+    return problems
+
+
+def test_the_orchestration_check_sees_a_function_and_a_figure():
+    assert orchestration_problems("def f(x):\n    return x\nax.bar([1], [2])\nplt.show()") == [
+        "defines f", "draws: ax.bar(...)"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_cells_only_orchestrate(path):
+    """Notebooks set parameters, call the library, show and explain: no cell defines a function or draws
+    a figure (refinelib.report.plots draws every figure of the book)."""
+    nb = nbformat.read(path, as_version=4)
+    found = {i: p for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             for p in [orchestration_problems(c.source)] if p}
+    assert found == {}
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_smoke_run(path, workdir):
     record = smoke_run(path, workdir)
