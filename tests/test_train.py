@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 import refinelib.tune.train
 from refinelib.tune.masking import IGNORE_INDEX, render, render_many
-from refinelib.tune.models import load as load_trained
+from refinelib.tune.models import load as load_model
 from refinelib.tune.train import split_records, train
 from refinelib.tune.train_config import TrainConfig
 from refinelib.tune.trainer import PaddedCollator, check_padding_free, padding_free_collator
@@ -181,7 +181,7 @@ def test_saved_adapter_and_merged_weights_reload_with_the_same_logits(lora_run):
     _, result, _ = lora_run
     result.model.eval()
     expected = logits(result.model, result.tokenizer)
-    model, tokenizer = load_trained(result.output_dir)
+    model, tokenizer = load_model(result.output_dir)
     assert type(model).__name__ == "PeftModelForCausalLM"
     assert tokenizer.chat_template == result.tokenizer.chat_template
     torch.testing.assert_close(logits(model, tokenizer), expected, rtol=0, atol=1e-5)
@@ -198,7 +198,7 @@ def test_full_fine_tuning_changes_every_weight_tensor(tiny_dir, tmp_path):
     assert all(not torch.equal(before, now[name]) for name, before in snapshot.params.items())
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert json.loads(result.manifest_path.read_text())["hardware"]["gradient_checkpointing"] is True
-    model, tokenizer = load_trained(tmp_path)
+    model, tokenizer = load_model(tmp_path)
     result.model.eval()
     torch.testing.assert_close(logits(model, tokenizer), logits(result.model, tokenizer), rtol=0, atol=1e-5)
 

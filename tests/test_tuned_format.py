@@ -18,7 +18,8 @@ from refinelib.envs import make_instance, suite
 from refinelib.eval import agent
 from refinelib.eval.policies import TransformersPolicy
 from refinelib.synth import conversation, teacher, themes
-from refinelib.tune.train import load_trained, train
+from refinelib.tune.models import load as load_model
+from refinelib.tune.train import train
 from refinelib.tune.train_config import TrainConfig
 
 
@@ -41,7 +42,7 @@ def test_the_tuned_model_answers_a_held_in_household_episode_in_the_agent_format
                                output_dir=str(tmp_path / "run"), save_steps=1000))
     assert result.completed and result.counts["train"]["kept"] >= 2
 
-    model, tokenizer = load_trained(tmp_path / "run")  # base model + the saved adapter
+    model, tokenizer = load_model(tmp_path / "run")  # base model + the saved adapter
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
     assert lora_b and any(p.abs().max() > 0 for p in lora_b)  # the adapter was trained (B starts at 0)
 

@@ -257,12 +257,6 @@ def write_loss_history(log_history: Sequence[Mapping], path: str | Path) -> Path
     return path
 
 
-def load_trained(output_dir: str | Path, dtype=None):
-    """A finished run's model and tokenizer: :func:`refinelib.tune.models.load` of the run folder (kept
-    while notebooks still import it from here)."""
-    return models.load(output_dir, dtype=dtype)
-
-
 def _apply_lora(model, config: TrainConfig):
     """Wrap the model with LoRA adapters (peft); only the adapters train."""
     layers, targets = None, config.lora_target_modules
