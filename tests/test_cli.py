@@ -84,4 +84,29 @@ def test_export_of_a_missing_file_is_one_line(tmp_path):
 
 def test_the_parser_has_one_subcommand_per_stage():
     actions = [a for a in parser()._actions if a.dest == "stage"]
-    assert set(actions[0].choices) == {"synth", "train", "export"}
+    assert set(actions[0].choices) == {"synth", "train", "eval", "export"}
+
+
+def test_eval_plays_models_into_their_logs_and_prints_the_main_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REFINELIB_ARTIFACTS", str(tmp_path))
+    settings = tmp_path / "episodes.yaml"
+    settings.write_text("scale: small\nmax_instances: 2\nmax_steps: 3\n")
+    argv = ["eval", "--model", "oracle=oracle", "--model", "random=random", "--suites", "pddl",
+            "--config", str(settings), "--eval_run_id", "t"]
+    assert main(argv) == 0
+    shown = capsys.readouterr().out
+    assert "oracle" in shown and "random" in shown and "4 episodes" in shown
+    logs = tmp_path / "evaluation" / "t" / "episodes"
+    assert sorted(p.name for p in logs.glob("*.jsonl")) == ["oracle.jsonl", "random.jsonl"]
+    assert len((logs / "oracle.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--model", "refine", "--suites", "pddl"], "--model 'refine': give name=folder"),
+    (["eval", "--model", "base", "--suites", "pddl", "--max_steps", "0"], "max_steps must be an integer"),
+])
+def test_eval_refuses_a_bad_model_or_setting_before_playing(argv, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINELIB_ARTIFACTS", str(tmp_path))
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+    assert not (tmp_path / "evaluation").exists()

@@ -216,15 +216,6 @@ def evaluate_models(models: Mapping[str, str | None], suites: Sequence[str], eva
             for e in evaluate_model(name, folder, suites, eval_run_id, **kwargs)]
 
 
-# ----- the main table --------------------------------------------------------------------------------
-
-
-# ----- the paper's Figure-2 failure modes ------------------------------------------------------------
-
-
-# ----- the paper's reference tables (method.md §15) --------------------------------------------------
-
-
 def fresh_log(log_path: str | Path, settings: Mapping) -> bool:
     """Keep an episode log only while it was played with ``settings`` (a retrained model, other steps):
     they join the log's identity (:func:`refinelib.eval.evaluate.check_log`, with the suite, prompt and
