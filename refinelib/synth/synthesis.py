@@ -347,7 +347,7 @@ def _check_same_run(out: Path, identity: dict) -> None:
         saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except ValueError:
         saved = None
-    plain = json.loads(json.dumps(identity))  # as it is stored: tuples are lists
+    plain = runs.jsonable(identity)  # as it is stored: tuples are lists
 
     def settings(d: Mapping) -> dict:
         out = {k: v for k, v in d.items() if k not in VERSION_FIELDS}
