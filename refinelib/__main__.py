@@ -80,9 +80,8 @@ def _eval(args: dict) -> int:
 
     models, suites = _models(args.pop("model")), args.pop("suites")
     run_id, base_model = args.pop("eval_run_id"), args.pop("base_model")
-    settings = options.from_args(EpisodeSettings, args)
+    settings = options.from_args(EpisodeSettings, args)  # checked: a bad value stops naming its flag or file
     try:
-        settings.check("episode settings")
         episodes = experiment.evaluate_models(models, suites, run_id, **settings.evaluation(base_model))
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None

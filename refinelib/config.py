@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import yaml
+from refinelib import options
 
 CONFIGS = Path("configs")  # where the runner and the chapters find the profiles (the repository root's)
 EPISODES_FILE = "episodes.yaml"
@@ -48,6 +48,15 @@ class EpisodeSettings:
         "help": "history window of the prompt (the system prompt alone is ~500-700 tokens)"})
     batch_size: int = field(default=20, metadata={"help": "episodes in lock-step"})
 
+    def __post_init__(self) -> None:
+        # every way of making settings (a file, overrides, flags, the constructor) is checked here, once
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+        for f in fields(self):
+            value, low = getattr(self, f.name), 0 if f.name.endswith("instances") else 1
+            if f.name != "scale" and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"{f.name} must be an integer >= {low}, got {value!r}")
+
     @classmethod
     def from_mapping(cls, values: Mapping, source: str) -> EpisodeSettings:
         """Settings from ``values`` (missing keys: the defaults), checked; errors name ``source``.
@@ -60,18 +69,10 @@ class EpisodeSettings:
         if unknown:
             raise ValueError(f"{source}: unknown episode setting {unknown[0]!r}; the settings are: "
                              f"{', '.join(known)}")
-        settings = cls(**values)
-        settings.check(source)
-        return settings
-
-    def check(self, source: str = "episode settings") -> None:
-        """Raise one ValueError naming ``source`` and the first field out of range."""
-        if self.scale not in SCALES:
-            raise ValueError(f"{source}: scale must be one of {SCALES}, got {self.scale!r}")
-        for f in fields(self):
-            value, low = getattr(self, f.name), 0 if f.name.endswith("instances") else 1
-            if f.name != "scale" and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ValueError(f"{source}: {f.name} must be an integer >= {low}, got {value!r}")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
 
     def with_overrides(self, overrides: Mapping | None, source: str = "episode_overrides") -> EpisodeSettings:
         """These settings with ``overrides`` applied (checked like a file's)."""
@@ -110,8 +111,6 @@ def load_episode_settings(profile: str = DEFAULT_PROFILE, overrides: Mapping | N
     path = episodes_file(profile, configs)
     if profile != DEFAULT_PROFILE and not path.parent.is_dir():
         raise ValueError(f"unknown profile {profile!r}: no folder {path.parent}")
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if not isinstance(values or {}, Mapping):
-        raise ValueError(f"{path}: expected a mapping of episode settings to values")
-    settings = EpisodeSettings.from_mapping(values or {}, str(path)).with_overrides(overrides)
+    values = options.read_mapping(path, "episode settings") if path.is_file() else {}
+    settings = EpisodeSettings.from_mapping(values, str(path)).with_overrides(overrides)
     return settings.smoke() if smoke else settings

@@ -60,6 +60,21 @@ def parser(cls, prog: str | None = None, description: str | None = None,
     return p
 
 
+def read_mapping(path: str | Path, what: str) -> dict:
+    """The YAML mapping in ``path`` (an empty file: ``{}``); ``what`` says what its keys are.
+
+    Raises:
+        ValueError: naming ``path``: it cannot be read, is not YAML, or is not a mapping.
+    """
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot read the config: {error}") from None
+    if not isinstance(values or {}, dict):
+        raise ValueError(f"{path}: expected a mapping of {what}, got {type(values).__name__}")
+    return values or {}
+
+
 def from_args(cls, args: dict[str, Any], skip: Iterable[str] = (), paths: Iterable[str] = (),
               check: Callable[[str, Any], Any] | None = None):
     """The ``cls`` instance that parsed arguments describe (``config`` the YAML file, the rest flags).
@@ -76,12 +91,9 @@ def from_args(cls, args: dict[str, Any], skip: Iterable[str] = (), paths: Iterab
     values, origin = {}, {}
     if source is not None:
         try:
-            values = yaml.safe_load(Path(source).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise SystemExit(f"{source}: cannot read the config: {error}") from None
-        if not isinstance(values, dict):
-            raise SystemExit(f"{source}: expected a mapping of {cls.__name__} fields, "
-                             f"got {type(values).__name__}")
+            values = read_mapping(source, f"{cls.__name__} fields")
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         unknown = sorted(set(map(str, values)) - set(names))
         if unknown:
             raise SystemExit(f"{source}: unknown key(s) {unknown}; {cls.__name__} fields are {names}")

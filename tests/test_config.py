@@ -77,3 +77,10 @@ def test_evaluation_gives_the_keyword_arguments_of_evaluate_models():
                                             max_new_tokens=48, max_prompt_tokens=1280, batch_size=20,
                                             base_model="m")
     assert settings.evaluation("m", instances=settings.robustness_instances)["max_instances"] == 4
+
+
+def test_settings_made_any_way_are_checked():
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1, got 0"):
+        config.EpisodeSettings(max_steps=0)
+    with pytest.raises(ValueError, match="episode_overrides: batch_size must be an integer"):
+        config.EpisodeSettings().with_overrides({"batch_size": "8"})

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from refinelib.eval import experiment
 from refinelib.eval.episodes import Episode, EpisodeLog
 from refinelib.manifest import read_manifest, this_build
-from refinelib.paths import TABLES, run_dir, table_path
+from refinelib.paths import TABLES, chapter_logs, episode_log, run_dir, table_path
 from refinelib.schema import EPISODE_KEY
 
 
@@ -96,7 +95,7 @@ def loss_table(tuning: Mapping | None) -> pd.DataFrame | None:
 def claim_verdicts(sources: Mapping[str, Iterable], models: Mapping[str, list] | None = None,
                    n_boot: int = 2000) -> pd.DataFrame:
     """:func:`refinelib.analysis.claims.evaluate_claims` on the episodes of each source (``{source:
-    episodes}``, :func:`refinelib.analysis.claims.build_episodes`), the claims' models changed by
+    episodes}``, :func:`build_episodes`), the claims' models changed by
     ``models`` (``{claim id: [first, second]}``)."""
     from refinelib.analysis import claims
 
@@ -155,7 +154,7 @@ def versions_table(manifests: Mapping[str, Mapping], current: Mapping[str, str |
 
 # ----- this build's episodes -------------------------------------------------------------------------------
 # The chapters whose episodes test the claims: artifacts folder -> (source, chapter). 01, 04 and 05 play
-# into the shared logs of experiment.episodes_path; 07 into its own folder's episodes/<model>.jsonl.
+# into the shared logs of paths.episode_log; 07 into its own logs (paths.chapter_logs).
 CHAPTERS = {"overfitting": ("evaluation", "01_overfitting_analysis"),
             "generalization": ("evaluation", "04_generalization"),
             "robustness": ("evaluation", "05_robustness"),
@@ -183,8 +182,8 @@ def chapter_episodes(folder: str | Path, logs: Mapping[str, str | Path]) -> list
     return [found[k] for k in sorted(wanted)]
 
 
-def build_episodes(chapter_run_id: str, executed_dir: str | Path, smoke: bool,
-                   root: str | Path | None = None) -> tuple[dict[str, list[Episode]], dict[str, str | None]]:
+def build_episodes(chapter_run_id: str, executed_dir: str | Path,
+                   smoke: bool) -> tuple[dict[str, list[Episode]], dict[str, str | None]]:
     """This build's episodes per :attr:`Claim.source`, from the chapters in :data:`CHAPTERS` whose run
     ``artifacts/<folder>/<chapter_run_id>`` this build wrote (:func:`refinelib.manifest.this_build`).
 
@@ -193,23 +192,19 @@ def build_episodes(chapter_run_id: str, executed_dir: str | Path, smoke: bool,
         whose chapters ran in this build is absent (its claims are "not run"). Episodes that two chapters
         showed (01 and 04 share logs) are counted once.
     """
-    from refinelib.manifest import read_manifest, this_build
-    from refinelib.paths import artifacts_dir
-
-    root = Path(root) if root is not None else artifacts_dir()
     sources: dict[str, dict[tuple, Episode]] = {}
     status: dict[str, str | None] = {}
     for stage, (source, chapter) in CHAPTERS.items():
-        folder = f"{stage}/{chapter_run_id}"
-        manifest = read_manifest(root / folder)
+        folder = run_dir(stage, chapter_run_id)
+        manifest = read_manifest(folder)
         why = "not run" if manifest is None else this_build(manifest, executed_dir, smoke)
-        status[folder] = None if why is None else f"{why}; run {chapter}"
+        status[f"{stage}/{chapter_run_id}"] = None if why is None else f"{why}; run {chapter}"
         if why is not None:
             continue
         if source == "evaluation":
-            logs = {m: experiment.episodes_path(manifest["eval_run_id"], m) for m in manifest["models"]}
+            logs = {m: episode_log(manifest["eval_run_id"], m) for m in manifest["models"]}
         else:
-            logs = {m: root / folder / "episodes" / f"{m}.jsonl" for m in manifest["models"]}
+            logs = {m: chapter_logs(stage, chapter_run_id) / f"{m}.jsonl" for m in manifest["models"]}
         episodes = sources.setdefault(source, {})
-        episodes.update((e.key, e) for e in chapter_episodes(root / folder, logs))
+        episodes.update((e.key, e) for e in chapter_episodes(folder, logs))
     return {k: list(v.values()) for k, v in sources.items()}, status
