@@ -176,40 +176,49 @@ def _compile(script) -> tuple[list[_Action] | None, Verdict]:
                    f"'Available Actions' lists template {actions.duplicates[0]!r} twice")
     compiled, seen = [], {}
     for template, spec in actions.items():
-        where = f"'Available Actions'[{template!r}]"
-        if not isinstance(template, str) or not template.strip():
-            return bad("script_bad_action", f"{where}: the template must be a non-empty string")
-        key = _norm(template)
-        if key in seen:
-            return bad("script_duplicate_template", f"{where} duplicates template {seen[key]!r}")
-        seen[key] = template
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("verification code"), str):
-            return bad("script_bad_action", f"{where}: needs a string 'verification code'")
-        try:
-            code = compile_code(spec["verification code"])
-        except (regex.error, re.error, RecursionError, OverflowError, ValueError) as error:
-            return bad("script_bad_regex", f"{where}['verification code'] does not compile: {error}")
-        slots = tuple(s.strip() for s in _PLACEHOLDER.findall(template))
-        if code.groups != len(slots):
-            return bad("script_group_mismatch", f"{where}['verification code'] has {code.groups} capture "
-                       f"group(s) but the template has {len(slots)} placeholder(s) {list(slots)}")
-        params = spec.get("parameters")
-        if not slots:
-            params = {}  # nothing to list ("ls", "look"): missing, null or {} parameters are all fine
-        if not isinstance(params, Mapping):
-            return bad("script_bad_parameters", f"{where}['parameters'] must be an object of allowed values")
-        allowed = {}
-        for slot in dict.fromkeys(slots):
-            values = params.get(slot)
-            if isinstance(values, str | int | float) and not isinstance(values, bool):
-                values = [values]  # a single allowed value written without a list
-            if not isinstance(values, list) or not values \
-                    or not all(isinstance(v, str | int | float) and _norm(v) for v in values):
-                return bad("script_bad_parameters",
-                           f"{where}['parameters'][{slot!r}] must be a non-empty list of non-empty values")
-            allowed[slot] = frozenset(_norm(v) for v in values)
-        compiled.append(_Action(template, code, slots, allowed))
+        action, why = _compile_action(template, spec, seen)
+        if action is None:
+            return bad(*why)
+        compiled.append(action)
     return compiled, Verdict(True, "ok", f"{len(compiled)} available action(s)", stage="script")
+
+
+def _compile_action(template, spec, seen: dict) -> tuple[_Action | None, tuple[str, str]]:
+    """One entry of 'Available Actions' compiled, or ``(None, (reason, detail))``; ``seen`` holds the
+    normalised templates before it (a duplicate is refused) and gains this one."""
+    where = f"'Available Actions'[{template!r}]"
+    if not isinstance(template, str) or not template.strip():
+        return None, ("script_bad_action", f"{where}: the template must be a non-empty string")
+    key = _norm(template)
+    if key in seen:
+        return None, ("script_duplicate_template", f"{where} duplicates template {seen[key]!r}")
+    seen[key] = template
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("verification code"), str):
+        return None, ("script_bad_action", f"{where}: needs a string 'verification code'")
+    try:
+        code = compile_code(spec["verification code"])
+    except (regex.error, re.error, RecursionError, OverflowError, ValueError) as error:
+        return None, ("script_bad_regex", f"{where}['verification code'] does not compile: {error}")
+    slots = tuple(s.strip() for s in _PLACEHOLDER.findall(template))
+    if code.groups != len(slots):
+        return None, ("script_group_mismatch", f"{where}['verification code'] has {code.groups} capture "
+                      f"group(s) but the template has {len(slots)} placeholder(s) {list(slots)}")
+    params = spec.get("parameters")
+    if not slots:
+        params = {}  # nothing to list ("ls", "look"): missing, null or {} parameters are all fine
+    if not isinstance(params, Mapping):
+        return None, ("script_bad_parameters", f"{where}['parameters'] must be an object of allowed values")
+    allowed = {}
+    for slot in dict.fromkeys(slots):
+        values = params.get(slot)
+        if isinstance(values, str | int | float) and not isinstance(values, bool):
+            values = [values]  # a single allowed value written without a list
+        if not isinstance(values, list) or not values \
+                or not all(isinstance(v, str | int | float) and _norm(v) for v in values):
+            return None, ("script_bad_parameters",
+                          f"{where}['parameters'][{slot!r}] must be a non-empty list of non-empty values")
+        allowed[slot] = frozenset(_norm(v) for v in values)
+    return _Action(template, code, slots, allowed), ("ok", "")
 
 
 def check_script(script) -> Verdict:
