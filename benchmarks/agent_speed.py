@@ -18,6 +18,8 @@ figure. Speed claims are ratios within one run; the box is shared::
 
     python benchmarks/agent_speed.py                       # 8 episodes x 4 steps, 2 threads
     python benchmarks/agent_speed.py --paths engine batched --episodes 16 --max-steps 10
+    python benchmarks/agent_speed.py --suites household_held_in babyai --episodes 16 --max-steps 15 \
+        --paths engine                                     # the chapters' suites and step limit
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from refinelib.eval import evaluate
 PATHS = ("agentboard", "batched", "engine", "engine-nodraft", "engine-int8")
 
 
-def make_policy(path: str, model, tokenizer, settings: dict):
+def make_policy(path: str, model, tokenizer, settings: dict, draft_tokens: int | None = None):
     """The policy of one path, over the same loaded model."""
     from refinelib.eval.policies import TransformersPolicy
 
@@ -45,7 +47,9 @@ def make_policy(path: str, model, tokenizer, settings: dict):
 
     if path == "engine-int8":
         return EnginePolicy(quantized(model), tokenizer, **settings)
-    return EnginePolicy(model, tokenizer, draft_tokens=0 if path == "engine-nodraft" else 4, **settings)
+    drafts = {} if draft_tokens is None else {"draft_tokens": draft_tokens}  # None: the engine's default
+    return EnginePolicy(model, tokenizer, **({"draft_tokens": 0} if path == "engine-nodraft" else drafts),
+                        **settings)
 
 
 def load() -> str:
@@ -60,6 +64,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=4, help="steps per episode (30 in real evaluations)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="cap per model output (the chapters')")
     parser.add_argument("--max-prompt-tokens", type=int, default=1280, help="history window (the chapters')")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="episodes in lock-step on the batched paths (default: all; the chapters: 20)")
+    parser.add_argument("--draft-tokens", type=int, default=None,
+                        help="the engine's drafted tokens per step (default: EnginePolicy's)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when anything else runs)")
     parser.add_argument("--paths", nargs="+", default=list(PATHS[:3]), choices=PATHS,
                         help="paths to play (agentboard is the reference; it is always played first)")
@@ -81,11 +89,12 @@ def main() -> None:
     kwargs = dict(suites=args.suites, max_steps=args.max_steps, max_instances=per_suite, progress_bar=False)
     rows, outputs = {}, {}
     for path in dict.fromkeys(paths):
-        policy = make_policy(path, model, tokenizer, settings)
+        policy = make_policy(path, model, tokenizer, settings, args.draft_tokens)
         policy.generate([[{"role": "user", "content": "Hello"}]])  # first-call costs outside the timing
         before = load()
         t0, cpu0 = time.perf_counter(), time.process_time()
-        episodes = evaluate.run(policy, batch_size=1 if path == "agentboard" else args.episodes, **kwargs)
+        batch = 1 if path == "agentboard" else args.batch_size or args.episodes
+        episodes = evaluate.run(policy, batch_size=batch, **kwargs)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stats = getattr(policy, "stats", {})
         # CPU seconds: the work done, less sensitive than wall time to what else runs on a shared box

@@ -236,15 +236,16 @@ class EnginePolicy(TransformersPolicy):
         max_shared: distinct system messages kept (least recently used dropped first; SmolLM2: ≈ 20 MB each).
         draft_tokens: greedy decoding checks up to this many drafted tokens per row and step (prompt
             lookup: what followed the last ``draft_ngram`` tokens where they occurred before); the output
-            is the same, the decode steps fewer when the model copies from its prompt (SmolLM2 on the
-            chapters' episodes: ≈ 70 % of drafted tokens kept, ≈ 1/3 less CPU time). 0: no drafts.
+            is the same, the decode steps fewer when the model copies from its prompt (SmolLM2 on 8 of the
+            chapters' episodes x 15 steps: 4 tokens kept 86 % of drafted tokens; 12 kept 71 % and played
+            1.1-1.3x faster than 4, the same outputs; 16-24 no faster than 12). 0: no drafts.
         draft_ngram: how many final tokens a draft's lookup matches.
         **kwargs: :class:`~refinelib.eval.policies.TransformersPolicy` settings (``prefix_cache`` is always
         on).
     """
 
     def __init__(self, model, tokenizer, share_instructions: bool = True, max_shared: int = 16,
-                 draft_tokens: int = 4, draft_ngram: int = 3, **kwargs) -> None:
+                 draft_tokens: int = 12, draft_ngram: int = 3, **kwargs) -> None:
         kwargs.pop("prefix_cache", None)
         super().__init__(model, tokenizer, **kwargs)
         self.engine = Engine(model)
