@@ -35,8 +35,8 @@ from refinelib.eval import evaluate
 PATHS = ("agentboard", "batched", "engine", "engine-nodraft", "engine-int8")
 
 
-def make_policy(path: str, model, tokenizer, settings: dict, draft_tokens: int | None = None):
-    """The policy of one path, over the same loaded model."""
+def make_policy(path: str, model, tokenizer, settings: dict, engine_settings: dict):
+    """The policy of one path, over the same loaded model (``engine_settings``: the engine paths' own)."""
     from refinelib.eval.policies import TransformersPolicy
 
     if path == "agentboard":
@@ -45,11 +45,8 @@ def make_policy(path: str, model, tokenizer, settings: dict, draft_tokens: int |
         return TransformersPolicy(model, tokenizer, **settings)
     from refinelib.eval.engine import EnginePolicy, quantized
 
-    if path == "engine-int8":
-        return EnginePolicy(quantized(model), tokenizer, **settings)
-    drafts = {} if draft_tokens is None else {"draft_tokens": draft_tokens}  # None: the engine's default
-    return EnginePolicy(model, tokenizer, **({"draft_tokens": 0} if path == "engine-nodraft" else drafts),
-                        **settings)
+    engine = {**engine_settings, **({"draft_tokens": 0} if path == "engine-nodraft" else {})}
+    return EnginePolicy(quantized(model) if path == "engine-int8" else model, tokenizer, **engine, **settings)
 
 
 def load() -> str:
@@ -84,12 +81,13 @@ def main() -> None:
     model, tokenizer = models.load(args.model)
     settings = dict(name="bench", max_new_tokens=args.max_new_tokens,
                     max_prompt_tokens=args.max_prompt_tokens, stop_at_action=not args.no_stop_at_action)
+    engine_settings = {} if args.draft_tokens is None else {"draft_tokens": args.draft_tokens}
     paths = ["agentboard"] + [p for p in args.paths if p != "agentboard"] + (["engine-int8"] * args.int8)
     per_suite = max(1, args.episodes // len(args.suites))
     kwargs = dict(suites=args.suites, max_steps=args.max_steps, max_instances=per_suite, progress_bar=False)
     rows, outputs = {}, {}
     for path in dict.fromkeys(paths):
-        policy = make_policy(path, model, tokenizer, settings, args.draft_tokens)
+        policy = make_policy(path, model, tokenizer, settings, engine_settings)
         policy.generate([[{"role": "user", "content": "Hello"}]])  # first-call costs outside the timing
         before = load()
         t0, cpu0 = time.perf_counter(), time.process_time()

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from refinelib import options
+from refinelib import options, paths
 
 
 def _synth(args: dict) -> int:
@@ -87,7 +87,7 @@ def _eval(args: dict) -> int:
         raise SystemExit(f"error: {error}") from None
     table = tables.main_table(metrics.episode_table(episodes), n_boot=0)
     print(tables.wide(table, order=list(models)).to_string())
-    print(f"{len(episodes)} episodes in {experiment.episodes_path(run_id, '<model>')}")
+    print(f"{len(episodes)} episodes in {paths.episode_log(run_id, '<model>')}")
     return 0
 
 

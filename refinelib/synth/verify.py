@@ -183,7 +183,7 @@ def _compile(script) -> tuple[list[_Action] | None, Verdict]:
     return compiled, Verdict(True, "ok", f"{len(compiled)} available action(s)", stage="script")
 
 
-def _compile_action(template, spec, seen: dict) -> tuple[_Action | None, tuple[str, str]]:
+def _compile_action(template, spec, seen: dict) -> tuple[_Action | None, tuple[str, str] | None]:
     """One entry of 'Available Actions' compiled, or ``(None, (reason, detail))``; ``seen`` holds the
     normalised templates before it (a duplicate is refused) and gains this one."""
     where = f"'Available Actions'[{template!r}]"
@@ -218,7 +218,7 @@ def _compile_action(template, spec, seen: dict) -> tuple[_Action | None, tuple[s
             return None, ("script_bad_parameters",
                           f"{where}['parameters'][{slot!r}] must be a non-empty list of non-empty values")
         allowed[slot] = frozenset(_norm(v) for v in values)
-    return _Action(template, code, slots, allowed), ("ok", "")
+    return _Action(template, code, slots, allowed), None
 
 
 def check_script(script) -> Verdict:
