@@ -10,7 +10,8 @@ The same episodes are played with greedy decoding and the same settings by
   caches, finished rows leave the batch, prompt-lookup drafts), what the book's chapters use;
   ``engine-nodraft`` the same without drafts;
 * ``engine-int8``: the engine on an int8 copy of the model (:func:`refinelib.eval.engine.quantized`), with
-  ``--int8``; not exact, so its share of actions identical to ``agentboard``'s is what to read.
+  ``--int8``; ``engine-bf16`` on a bfloat16 copy (AMX on recent Xeons); neither is exact, so their share of
+  actions identical to ``agentboard``'s is what to read.
 
 It prints episodes/min, the ratio to ``agentboard``, whether every path wrote the same outputs as
 ``agentboard`` (the share of identical actions for a quantised path) and the machine load next to each
@@ -20,6 +21,8 @@ figure. Speed claims are ratios within one run; the box is shared::
     python benchmarks/agent_speed.py --paths engine batched --episodes 16 --max-steps 10
     python benchmarks/agent_speed.py --suites household_held_in babyai --episodes 16 --max-steps 15 \
         --paths engine                                     # the chapters' suites and step limit
+    python benchmarks/agent_speed.py --suites household_held_in babyai --scale agentboard --episodes 40 \
+        --max-steps 15 --batch-size 20 --paths engine      # the default chapters' exact shape (~40 min)
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ import os
 import sys
 import time
 
+from refinelib.config import SCALES
 from refinelib.eval import evaluate
 
-PATHS = ("agentboard", "batched", "engine", "engine-nodraft", "engine-int8")
+PATHS = ("agentboard", "batched", "engine", "engine-nodraft", "engine-int8", "engine-bf16")
 
 
 def make_policy(path: str, model, tokenizer, settings: dict, engine_settings: dict):
@@ -46,7 +50,15 @@ def make_policy(path: str, model, tokenizer, settings: dict, engine_settings: di
     from refinelib.eval.engine import EnginePolicy, quantized
 
     engine = {**engine_settings, **({"draft_tokens": 0} if path == "engine-nodraft" else {})}
-    return EnginePolicy(quantized(model) if path == "engine-int8" else model, tokenizer, **engine, **settings)
+    if path == "engine-int8":
+        model = quantized(model)
+    elif path == "engine-bf16":
+        import copy
+
+        import torch
+
+        model = copy.deepcopy(model).to(torch.bfloat16)
+    return EnginePolicy(model, tokenizer, **engine, **settings)
 
 
 def load() -> str:
@@ -57,6 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="model name or path")
     parser.add_argument("--suites", nargs="+", default=["babyai", "pddl"], help="suites of the episodes")
+    parser.add_argument("--scale", choices=SCALES, default="small",
+                        help="suite sizes the instances come from (the chapters: agentboard)")
     parser.add_argument("--episodes", type=int, default=8, help="episodes per path (split over the suites)")
     parser.add_argument("--max-steps", type=int, default=4, help="steps per episode (30 in real evaluations)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="cap per model output (the chapters')")
@@ -84,7 +98,8 @@ def main() -> None:
     engine_settings = {} if args.draft_tokens is None else {"draft_tokens": args.draft_tokens}
     paths = ["agentboard"] + [p for p in args.paths if p != "agentboard"] + (["engine-int8"] * args.int8)
     per_suite = max(1, args.episodes // len(args.suites))
-    kwargs = dict(suites=args.suites, max_steps=args.max_steps, max_instances=per_suite, progress_bar=False)
+    kwargs = dict(suites=args.suites, scale=args.scale, max_steps=args.max_steps, max_instances=per_suite,
+                  progress_bar=False)
     rows, outputs = {}, {}
     for path in dict.fromkeys(paths):
         policy = make_policy(path, model, tokenizer, settings, engine_settings)
