@@ -56,3 +56,59 @@ def test_the_run_record_is_written_whole(tmp_path, monkeypatch):
     record = runbook.execute(CHAPTER, out, {"smoke": True})
     assert json.loads(out.with_suffix(".run.json").read_text()) == record
     assert not list(out.parent.glob(".*tmp"))  # no temporary file left behind
+
+
+@pytest.fixture
+def copy_only(monkeypatch):
+    import papermill
+
+    def fake_execute(src, dst, **kwargs):
+        Path(dst).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+
+
+def test_a_killed_attempt_counts_until_its_partial_notebook_was_last_saved(tmp_path, copy_only):
+    import os
+    import time
+
+    out = tmp_path / "executed" / "00.ipynb"
+    out.parent.mkdir()
+    started = time.time() - 1000  # an attempt killed outright: it wrote its start, never its end
+    (out.parent / ".00.attempts.json").write_text(json.dumps([{"started": started, "seconds": None}]))
+    partial = out.parent / ".00.partial.ipynb"
+    partial.write_text("{}")
+    os.utime(partial, (started + 400, started + 400))  # papermill's last save of that attempt
+    record = runbook.execute(CHAPTER, out, {"smoke": True})
+    assert [a["seconds"] for a in record["earlier_attempts"]] == [400.0]
+    assert record["seconds_with_earlier_attempts"] == pytest.approx(record["seconds"] + 400, abs=0.11)
+    assert not (out.parent / ".00.attempts.json").exists()  # the next run starts afresh
+    assert "earlier_attempts" not in runbook.execute(CHAPTER, out, {"smoke": True})
+
+
+def test_a_failed_attempt_writes_its_end_and_the_next_run_counts_it(tmp_path, monkeypatch):
+    import papermill
+
+    def failing(src, dst, **kwargs):
+        raise RuntimeError("a cell failed")
+
+    monkeypatch.setattr(papermill, "execute_notebook", failing)
+    out = tmp_path / "executed" / "00.ipynb"
+    with pytest.raises(RuntimeError):
+        runbook.execute(CHAPTER, out, {"smoke": True})
+    attempts = json.loads((out.parent / ".00.attempts.json").read_text())
+    assert len(attempts) == 1 and attempts[0]["seconds"] is not None
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, dst, **kwargs: Path(dst).write_text(Path(src).read_text()))
+    record = runbook.execute(CHAPTER, out, {"smoke": True})
+    assert len(record["earlier_attempts"]) == 1
+
+
+def test_the_time_table_adds_earlier_attempts_in_their_own_column():
+    from refinelib.report import gather
+
+    resumed = {"notebook": "01.ipynb", "seconds": 600, "earlier_attempts": [{"started": "", "seconds": 1800}]}
+    records = [resumed, {"notebook": "04.ipynb", "seconds": 120}]
+    table = gather.time_table(records)
+    assert table["minutes"].tolist() == [10.0, 2.0, 12.0]
+    assert table["earlier attempts (minutes)"].tolist() == [30.0, 0.0, 30.0]

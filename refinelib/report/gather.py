@@ -117,12 +117,21 @@ def run_records(executed_dir: str | Path, notebooks: str | Path = "notebooks") -
 
 
 def time_table(records: Iterable[Mapping]) -> pd.DataFrame:
-    """Per executed chapter: minutes, git revision, when it finished and its parameters; a total last."""
+    """Per executed chapter: minutes (of the attempt that finished), minutes of earlier attempts that were
+    interrupted and resumed (at least: :func:`refinelib.report.runbook.execute`), git revision, when it
+    finished and its parameters; a total last."""
+    def earlier(r: Mapping) -> float:
+        return round(sum(a["seconds"] for a in r.get("earlier_attempts", [])) / 60, 2)
+
+    resumed = "earlier attempts (minutes)"
+
     runs = pd.DataFrame([{"notebook": r["notebook"], "minutes": round(r["seconds"] / 60, 2),
+                          resumed: earlier(r),
                           "git revision": r.get("git_revision", "")[:12], "finished": r.get("finished", ""),
                           "parameters": json.dumps(r.get("parameters", {}))} for r in records])
     if len(runs):
         runs.loc[len(runs)] = {"notebook": "total", "minutes": round(runs["minutes"].sum(), 2),
+                               resumed: round(runs[resumed].sum(), 2),
                                "git revision": "", "finished": "", "parameters": ""}
     return runs
 

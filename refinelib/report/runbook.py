@@ -7,7 +7,8 @@ Parameters come from ``configs/<profile>/<notebook name>.yaml`` when that file e
 profile's shared episode settings (``configs/<profile>/episodes.yaml``, :mod:`refinelib.config`). The
 executed notebook is written atomically (an interrupted run leaves no half file), papermill's
 injected-parameters cell is tagged ``remove-cell`` for the book, and a small run record (``OUT`` with
-``.run.json``: parameters, seconds, git revision) is written last.
+``.run.json``: parameters, seconds, git revision, and the time of earlier attempts that were
+interrupted) is written last.
 
 ``--rehearse`` runs a profile at the rehearsal's sizes (:data:`REHEARSAL_SIZES`): the same parameters,
 hence the same code paths, with only sizes made tiny; the models (``base_model``, the teacher's ``model``
@@ -114,19 +115,53 @@ def rehearsal_parameters(notebook: Path, profile: str = "paper", models: dict | 
     return params
 
 
+def _begin_attempt(out: Path, tmp: Path, start: float) -> list[dict]:
+    """The earlier unfinished attempts at ``out`` (``{"started": epoch seconds, "seconds": ...}``), with
+    this one, started at ``start``, added to their file.
+
+    A chapter whose episodes are logged resumes where an interrupted attempt stopped, so the time of that
+    attempt is part of what the chapter cost. An attempt that failed wrote its end; one killed outright
+    (a session ending, SIGKILL) did not: it is taken to have lasted until papermill last saved its partial
+    notebook (at every cell, and every 30 s of output), which can only underestimate it."""
+    path = out.with_name(f".{out.stem}.attempts.json")
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    if earlier and earlier[-1].get("seconds") is None:
+        last = earlier[-1]
+        end = tmp.stat().st_mtime if tmp.exists() else last["started"]
+        last["seconds"] = round(max(0.0, end - last["started"]), 1)
+    write_json_atomic(path, [*earlier, {"started": start, "seconds": None}])
+    return earlier
+
+
+def _end_attempt(out: Path, seconds: float) -> None:
+    """Write the end of this attempt, which failed (the next attempt counts it as an earlier one)."""
+    path = out.with_name(f".{out.stem}.attempts.json")
+    attempts = json.loads(path.read_text())
+    attempts[-1]["seconds"] = round(seconds, 1)
+    write_json_atomic(path, attempts)
+
+
 def execute(src: Path, out: Path, parameters: dict) -> dict:
-    """Run ``src`` through papermill into ``out``; return the run record."""
+    """Run ``src`` through papermill into ``out``; return the run record.
+
+    The record's ``seconds`` is this attempt's; earlier unfinished attempts at the same output (a chapter
+    that was interrupted and resumed) are listed in ``earlier_attempts`` and added into
+    ``seconds_with_earlier_attempts``."""
     import nbformat
     import papermill
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial.ipynb")
     start = time.time()
+    earlier = _begin_attempt(out, tmp, start)
     saved = os.environ.get(NOTEBOOK_ENV)
     os.environ[NOTEBOOK_ENV] = Path(src).stem  # the chapter's manifests name it (what make book sets too)
     try:
         papermill.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3",
                                    cwd=str(Path.cwd()), progress_bar=False)
+    except BaseException:
+        _end_attempt(out, time.time() - start)
+        raise
     finally:
         os.environ.pop(NOTEBOOK_ENV) if saved is None else os.environ.__setitem__(NOTEBOOK_ENV, saved)
     seconds = round(time.time() - start, 1)
@@ -139,7 +174,13 @@ def execute(src: Path, out: Path, parameters: dict) -> dict:
     os.replace(tmp, out)
     record = {"notebook": src.name, "parameters": parameters, "seconds": seconds,
               "git_revision": git_revision(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if earlier:
+        record["earlier_attempts"] = [
+            {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(a["started"])),
+             "seconds": a["seconds"]} for a in earlier]
+        record["seconds_with_earlier_attempts"] = round(seconds + sum(a["seconds"] for a in earlier), 1)
     write_json_atomic(out.with_suffix(".run.json"), record)
+    out.with_name(f".{out.stem}.attempts.json").unlink()
     return record
 
 
