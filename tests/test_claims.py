@@ -495,3 +495,18 @@ def test_a_claim_played_on_some_of_its_suites_says_so_in_its_figure(played):
                                n_boot=100)
     assert plots.plot_claim(v, "c").axes[0].get_title().endswith("(pairs from pddl)")
     plt.close("all")
+
+
+def test_a_sentence_says_where_the_papers_difference_lies_against_the_interval():
+    row = {"claim": "c", "name": "refinement generalises", "metric": "progress", "verdict": INCONCLUSIVE,
+           "first": "refine", "second": "expert_only", "difference": -1.3, "ci_lo": -3.8, "ci_hi": 0.3,
+           "n_pairs": 200, "reason": "the 95% interval includes 0", "paper_difference": 20.3,
+           "paper_label": "the paper's Table 1", "direction": 1}
+    ruled_out = "it lies above this interval: an effect as large as the paper's is ruled out"
+    assert ruled_out in findings.sentence(row)
+    assert "it lies inside this interval" in findings.sentence({**row, "ci_hi": 25.0})
+    assert "it lies below this interval" in findings.sentence({**row, "ci_lo": 22.0, "ci_hi": 30.0})
+    # a claim oriented the other way (smaller is the claimed direction) compares in that direction
+    flipped = {**row, "direction": -1, "difference": 1.3, "ci_lo": -0.3, "ci_hi": 3.8,
+               "paper_difference": -20.3}
+    assert "lies above this interval" in findings.sentence(flipped)

@@ -197,10 +197,23 @@ def sentence(row: Mapping) -> str:
         return f"{head} ({row['reason']})."
     paper = "" if pd.isna(row["paper_difference"]) else (
         f" The paper's corresponding difference: {row['paper_difference']:+.1f} points "
-        f"({row['paper_label']}).")
+        f"({row['paper_label']}){_against_paper(row)}.")
     return (f"{head}: {row['first']} - {row['second']} = {row['difference']:+.1f} points (95% CI "
             f"{row['ci_lo']:+.1f} to {row['ci_hi']:+.1f}, {pairs_text(row['n_pairs'])}); "
             f"{row['reason']}.{paper}")
+
+
+def _against_paper(row: Mapping) -> str:
+    """Where the paper's difference lies relative to the interval (in the claimed direction): an effect as
+    large as the paper's can be ruled out by a run that decides nothing about a smaller one."""
+    direction = row.get("direction", 1)
+    lo, hi = sorted((direction * row["ci_lo"], direction * row["ci_hi"]))
+    paper = direction * row["paper_difference"]
+    if paper > hi:
+        return "; it lies above this interval: an effect as large as the paper's is ruled out here"
+    if paper < lo:
+        return "; it lies below this interval: the effect here is larger than the paper's"
+    return "; it lies inside this interval"
 
 
 def explain(verdicts: pd.DataFrame) -> str:
