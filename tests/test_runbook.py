@@ -45,27 +45,22 @@ def test_known_names_run_with_the_values_given(never_execute, tmp_path):
     assert never_execute == [{"smoke": True}]
 
 
-def test_the_run_record_is_written_whole(tmp_path, monkeypatch):
-    import papermill
-
-    def fake_execute(src, dst, **kwargs):  # papermill's job is tested upstream; the record is ours
-        Path(dst).write_text(Path(src).read_text())
-
-    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
-    out = tmp_path / "executed" / "00.ipynb"
-    record = runbook.execute(CHAPTER, out, {"smoke": True})
-    assert json.loads(out.with_suffix(".run.json").read_text()) == record
-    assert not list(out.parent.glob(".*tmp"))  # no temporary file left behind
+def copy_notebook(src, dst, **kwargs):  # papermill's job is tested upstream; the record is ours
+    Path(dst).write_text(Path(src).read_text())
 
 
 @pytest.fixture
 def copy_only(monkeypatch):
     import papermill
 
-    def fake_execute(src, dst, **kwargs):
-        Path(dst).write_text(Path(src).read_text())
+    monkeypatch.setattr(papermill, "execute_notebook", copy_notebook)
 
-    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+
+def test_the_run_record_is_written_whole(tmp_path, copy_only):
+    out = tmp_path / "executed" / "00.ipynb"
+    record = runbook.execute(CHAPTER, out, {"smoke": True})
+    assert json.loads(out.with_suffix(".run.json").read_text()) == record
+    assert not list(out.parent.glob(".*tmp"))  # no temporary file left behind
 
 
 def test_a_killed_attempt_counts_until_its_partial_notebook_was_last_saved(tmp_path, copy_only):
@@ -98,8 +93,7 @@ def test_a_failed_attempt_writes_its_end_and_the_next_run_counts_it(tmp_path, mo
         runbook.execute(CHAPTER, out, {"smoke": True})
     attempts = json.loads((out.parent / ".00.attempts.json").read_text())
     assert len(attempts) == 1 and attempts[0]["seconds"] is not None
-    monkeypatch.setattr(papermill, "execute_notebook",
-                        lambda src, dst, **kwargs: Path(dst).write_text(Path(src).read_text()))
+    monkeypatch.setattr(papermill, "execute_notebook", copy_notebook)
     record = runbook.execute(CHAPTER, out, {"smoke": True})
     assert len(record["earlier_attempts"]) == 1
 

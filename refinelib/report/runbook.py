@@ -115,6 +115,14 @@ def rehearsal_parameters(notebook: Path, profile: str = "paper", models: dict | 
     return params
 
 
+STAMP = "%Y-%m-%dT%H:%M:%S%z"  # the run record's times
+
+
+def _attempts_path(out: Path) -> Path:
+    """Where the attempts at ``out`` are kept until one finishes."""
+    return out.with_name(f".{out.stem}.attempts.json")
+
+
 def _begin_attempt(out: Path, tmp: Path, start: float) -> list[dict]:
     """The earlier unfinished attempts at ``out`` (``{"started": epoch seconds, "seconds": ...}``), with
     this one, started at ``start``, added to their file.
@@ -123,7 +131,7 @@ def _begin_attempt(out: Path, tmp: Path, start: float) -> list[dict]:
     attempt is part of what the chapter cost. An attempt that failed wrote its end; one killed outright
     (a session ending, SIGKILL) did not: it is taken to have lasted until papermill last saved its partial
     notebook (at every cell, and every 30 s of output), which can only underestimate it."""
-    path = out.with_name(f".{out.stem}.attempts.json")
+    path = _attempts_path(out)
     earlier = json.loads(path.read_text()) if path.exists() else []
     if earlier and earlier[-1].get("seconds") is None:
         last = earlier[-1]
@@ -135,7 +143,7 @@ def _begin_attempt(out: Path, tmp: Path, start: float) -> list[dict]:
 
 def _end_attempt(out: Path, seconds: float) -> None:
     """Write the end of this attempt, which failed (the next attempt counts it as an earlier one)."""
-    path = out.with_name(f".{out.stem}.attempts.json")
+    path = _attempts_path(out)
     attempts = json.loads(path.read_text())
     attempts[-1]["seconds"] = round(seconds, 1)
     write_json_atomic(path, attempts)
@@ -173,14 +181,14 @@ def execute(src: Path, out: Path, parameters: dict) -> dict:
     nbformat.write(nb, tmp)
     os.replace(tmp, out)
     record = {"notebook": src.name, "parameters": parameters, "seconds": seconds,
-              "git_revision": git_revision(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "git_revision": git_revision(), "finished": time.strftime(STAMP)}
     if earlier:
         record["earlier_attempts"] = [
-            {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(a["started"])),
+            {"started": time.strftime(STAMP, time.localtime(a["started"])),
              "seconds": a["seconds"]} for a in earlier]
         record["seconds_with_earlier_attempts"] = round(seconds + sum(a["seconds"] for a in earlier), 1)
     write_json_atomic(out.with_suffix(".run.json"), record)
-    out.with_name(f".{out.stem}.attempts.json").unlink()
+    _attempts_path(out).unlink()
     return record
 
 
